@@ -1,0 +1,1 @@
+"""Engine manifests; built engine files land in this folder of a source checkout."""

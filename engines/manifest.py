@@ -1,0 +1,162 @@
+"""Engine manifests: what an engine file is, and proof that it is the file that was built.
+
+Each engine file (``X.onnx``, ``X.plan``) sits beside a JSON manifest ``X.onnx.json`` /
+``X.plan.json``. The runtime opens engines only through :func:`load_manifest`, which checks
+the format version, the file's size and sha256, and the fields the runtime relies on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MANIFEST_VERSION = 1
+KINDS = ("dinov2", "sam_encoder", "sam_decoder")
+ENV_ENGINES = "SEGVLAD_ENGINES"
+
+
+class EngineError(RuntimeError):
+    """An engine or its manifest is missing, corrupted or does not fit the request."""
+
+
+def default_engines_dir() -> Path:
+    """``$SEGVLAD_ENGINES`` if set, else this folder (``engines/`` of a source checkout)."""
+    env = os.environ.get(ENV_ENGINES)
+    return Path(env) if env else Path(__file__).resolve().parent
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class EngineManifest:
+    """Facts about one engine file. Shapes are NCHW for images; ``patch_grid`` is (rows, cols)."""
+
+    kind: str                      # one of KINDS
+    file: str                      # engine file name, relative to the manifest's folder
+    file_sha256: str
+    file_bytes: int
+    backend: str                   # "onnx" or "tensorrt"
+    precision: str                 # "fp32", "fp16", "int8"
+    source: dict                   # {"format", "name", "path", "sha256"}
+    inputs: dict                   # name -> shape (None for a dynamic axis)
+    outputs: dict                  # name -> shape
+    input_size: list               # [width, height] in pixels of the network input
+    model: dict = field(default_factory=dict)   # kind-specific: patch_size, patch_grid, block, facet, dim, mean, std
+    versions: dict = field(default_factory=dict)
+    verification: dict = field(default_factory=dict)  # e.g. {"max_abs_diff": 1e-5, "against": "torch"}
+    format_version: int = MANIFEST_VERSION
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def engine_path(self) -> Path:
+        if self.path is None:
+            raise EngineError("manifest has no location; load it with load_manifest()")
+        return self.path.parent / self.file
+
+    def feature_signature(self) -> dict:
+        """What makes two DINOv2 engines produce the same feature space (ONNX and a TensorRT
+        plan built from it share it); a map bundle stores it and refuses other engines."""
+        if self.kind != "dinov2":
+            raise EngineError(f"{self.file}: only dinov2 engines have a feature signature")
+        keys = ("patch_size", "block", "facet", "dim")
+        return {"source_sha256": self.source.get("sha256"), "input_size": list(self.input_size),
+                **{k: self.model.get(k) for k in keys}}
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("path")
+        return json.dumps(d, indent=1, sort_keys=True)
+
+    def write(self, manifest_path: str | os.PathLike) -> Path:
+        """Write atomically beside the engine file."""
+        manifest_path = Path(manifest_path)
+        tmp = manifest_path.with_name(manifest_path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, manifest_path)
+        self.path = manifest_path
+        return manifest_path
+
+
+def manifest_path_for(engine_file: str | os.PathLike) -> Path:
+    return Path(str(engine_file) + ".json")
+
+
+def load_manifest(path: str | os.PathLike, verify: bool = True) -> EngineManifest:
+    """Read a manifest (or the manifest beside an engine file) and, with ``verify``, check that
+    the engine file exists with the recorded size and sha256. Raises EngineError."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = manifest_path_for(path)
+    if not path.is_file():
+        raise EngineError(f"no engine manifest at {path}; run `segvlad-edge build-engines`")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EngineError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(raw, dict):
+        raise EngineError(f"{path}: manifest is not a JSON object")
+    version = raw.get("format_version")
+    if version != MANIFEST_VERSION:
+        raise EngineError(f"{path}: manifest format {version!r} is not supported (expected {MANIFEST_VERSION})")
+    try:
+        m = EngineManifest(**raw)
+    except TypeError as e:
+        raise EngineError(f"{path}: malformed manifest ({e})") from None
+    if m.kind not in KINDS:
+        raise EngineError(f"{path}: unknown engine kind {m.kind!r}")
+    if Path(m.file).name != m.file:
+        raise EngineError(f"{path}: engine file name {m.file!r} must not contain a folder")
+    m.path = path
+    if verify:
+        verify_engine_file(m)
+    return m
+
+
+def verify_engine_file(m: EngineManifest) -> None:
+    f = m.engine_path
+    if not f.is_file():
+        raise EngineError(f"engine file {f} named by {m.path.name} is missing")
+    size = f.stat().st_size
+    if size != m.file_bytes:
+        raise EngineError(f"engine file {f} has {size} bytes, manifest says {m.file_bytes}: corrupted or replaced")
+    if sha256_file(f) != m.file_sha256:
+        raise EngineError(f"engine file {f} does not match its manifest's sha256: corrupted or replaced")
+
+
+def list_manifests(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EngineError(f"engines folder {folder} does not exist")
+    return sorted(p for p in folder.glob("*.json") if p.name.endswith((".onnx.json", ".plan.json")))
+
+
+def find_engine(folder: str | os.PathLike, kind: str, input_size: tuple[int, int] | None = None,
+                backend: str | None = None) -> EngineManifest:
+    """The engine of ``kind`` in ``folder`` (optionally of one input size [w, h] and backend).
+    A TensorRT plan is preferred over ONNX when both match and no backend is named."""
+    found = []
+    for p in list_manifests(folder):
+        try:
+            m = load_manifest(p, verify=False)
+        except EngineError:
+            continue
+        if m.kind != kind or (backend and m.backend != backend):
+            continue
+        if input_size is not None and list(m.input_size) != list(input_size):
+            continue
+        found.append(m)
+    if not found:
+        size = f" {input_size[0]}x{input_size[1]}" if input_size else ""
+        raise EngineError(f"no {kind}{size} engine in {folder}; run `segvlad-edge build-engines`"
+                          + (f" --size {input_size[0]}x{input_size[1]}" if input_size else ""))
+    found.sort(key=lambda m: (m.backend != "tensorrt", m.file))
+    verify_engine_file(found[0])
+    return found[0]

@@ -1,0 +1,1 @@
+"""The torch-free runtime: backends, features, segmenters, SuperSegments, VLAD, PCA, index, ranking, bundles."""

@@ -1,0 +1,181 @@
+"""Place-recognition datasets with ground truth, in the layouts users have:
+
+* ``gt.json``: query path -> list of correct map paths (relative to the folder);
+  the map is every image named in those lists;
+* ``places.json``: image -> place id; every image is a query against all the others;
+* VPR-Bench: ``ref/``, ``query/``, ``ground_truth_new.npy`` (a pickled object array, read
+  with a restricted unpickler that accepts numbers, lists and numpy arrays only);
+* VPR-methods-evaluation: ``database/`` + ``queries/`` with UTM in file names
+  (``@utm_east@utm_north@...``), positives within 25 m.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segvlad_edge.runtime.images import list_images
+
+UTM_RADIUS_M = 25.0
+
+
+class DatasetError(ValueError):
+    """A dataset folder has no ground truth in a known layout, or it is malformed."""
+
+
+@dataclass
+class Dataset:
+    """``map_images``/``queries``: paths; ``positives[q]``: indices into ``map_images``;
+    ``leave_one_out``: query q is map image ``query_map_index[q]`` and must be excluded."""
+
+    root: Path
+    layout: str
+    map_images: list[Path]
+    queries: list[Path]
+    positives: list[set[int]]
+    query_map_index: list[int] | None = None
+
+    def name(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+def _inside(root: Path, rel: str) -> Path:
+    p = (root / rel).resolve()
+    if not isinstance(rel, str) or root.resolve() not in p.parents:
+        raise DatasetError(f"{root}: ground-truth path {rel!r} points outside the dataset")
+    if not p.is_file():
+        raise DatasetError(f"{root}: ground-truth image {rel} does not exist")
+    return root / rel
+
+
+def _from_gt_json(root: Path) -> Dataset:
+    try:
+        gt = json.loads((root / "gt.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{root / 'gt.json'}: unreadable ({e})") from None
+    if not isinstance(gt, dict) or not all(isinstance(v, list) for v in gt.values()):
+        raise DatasetError(f"{root / 'gt.json'}: expected {{query path: [map paths]}}")
+    map_names = sorted({m for v in gt.values() for m in v})
+    index = {n: i for i, n in enumerate(map_names)}
+    maps = [_inside(root, n) for n in map_names]
+    queries = [_inside(root, q) for q in gt]
+    return Dataset(root, "gt.json", maps, queries, [{index[m] for m in v} for v in gt.values()])
+
+
+def _from_places(root: Path) -> Dataset:
+    try:
+        places = json.loads((root / "places.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{root / 'places.json'}: unreadable ({e})") from None
+    if not isinstance(places, dict):
+        raise DatasetError(f"{root / 'places.json'}: expected {{image path: place id}}")
+    names = sorted(places)
+    maps = [_inside(root, n) for n in names]
+    by_place: dict[str, set[int]] = {}
+    for i, n in enumerate(names):
+        by_place.setdefault(str(places[n]), set()).add(i)
+    positives = [by_place[str(places[n])] - {i} for i, n in enumerate(names)]
+    keep = [i for i, p in enumerate(positives) if p]
+    return Dataset(root, "places.json", maps, [maps[i] for i in keep], [positives[i] for i in keep], keep)
+
+
+class _GroundTruthUnpickler(pickle.Unpickler):
+    """Only what a numpy object array of numbers and lists needs; anything else is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise DatasetError(f"ground-truth pickle wants {module}.{name}: refused (only numbers and lists are allowed)")
+        if name == "_reconstruct":
+            from numpy._core.multiarray import _reconstruct
+            return _reconstruct
+        return getattr(np, name)
+
+
+def load_object_npy(path: Path) -> np.ndarray:
+    """Read a ``.npy`` holding a pickled object array without executing arbitrary code."""
+    data = path.read_bytes()
+    if not data.startswith(b"\x93NUMPY"):
+        raise DatasetError(f"{path}: not a .npy file")
+    major = data[6]
+    hlen_size = 2 if major == 1 else 4
+    hlen = int.from_bytes(data[8:8 + hlen_size], "little")
+    start = 8 + hlen_size + hlen
+    try:
+        header = ast.literal_eval(data[8 + hlen_size:start].decode("latin1"))
+    except (ValueError, SyntaxError):
+        raise DatasetError(f"{path}: malformed .npy header") from None
+    if header.get("descr") != "|O":
+        return np.load(path, allow_pickle=False)
+    try:
+        arr = _GroundTruthUnpickler(io.BytesIO(data[start:])).load()
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise DatasetError(f"{path}: unreadable ground truth ({type(e).__name__})") from None
+    if not isinstance(arr, np.ndarray):
+        raise DatasetError(f"{path}: ground truth is not an array")
+    for v in arr.ravel():
+        items = v if isinstance(v, list) else [v]
+        if not all(isinstance(x, (int, np.integer)) for x in items):
+            raise DatasetError(f"{path}: ground truth holds something other than integers and lists")
+    return arr
+
+
+def _from_vpr_bench(root: Path) -> Dataset:
+    refs, queries = list_images(root / "ref"), list_images(root / "query")
+    arr = load_object_npy(root / "ground_truth_new.npy")
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise DatasetError(f"{root}: ground_truth_new.npy should be [queries, 2]")
+    qs, pos = [], []
+    for q, p in arr:
+        if not 0 <= int(q) < len(queries) or any(not 0 <= int(i) < len(refs) for i in p):
+            raise DatasetError(f"{root}: ground truth refers to images that do not exist")
+        qs.append(queries[int(q)])
+        pos.append({int(i) for i in p})
+    return Dataset(root, "vpr-bench", refs, qs, pos)
+
+
+UTM = re.compile(r"@(-?[\d.]+)@(-?[\d.]+)@")
+
+
+def _from_utm_names(root: Path) -> Dataset:
+    maps, queries = list_images(root / "database"), list_images(root / "queries")
+
+    def utm(paths):
+        out = []
+        for p in paths:
+            m = UTM.search(p.name)
+            if not m:
+                raise DatasetError(f"{root}: {p.name} has no @east@north@ UTM coordinates: no ground truth "
+                                   "(this layout needs UTM in the file names)")
+            out.append((float(m.group(1)), float(m.group(2))))
+        return np.asarray(out)
+
+    dm, dq = utm(maps), utm(queries)
+    dist = np.linalg.norm(dq[:, None] - dm[None], axis=2)
+    return Dataset(root, "utm", maps, queries, [set(np.flatnonzero(r <= UTM_RADIUS_M).tolist()) for r in dist])
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder")
+    if (root / "gt.json").is_file():
+        return _from_gt_json(root)
+    if (root / "places.json").is_file():
+        return _from_places(root)
+    if (root / "ground_truth_new.npy").is_file() and (root / "ref").is_dir() and (root / "query").is_dir():
+        return _from_vpr_bench(root)
+    if (root / "database").is_dir() and (root / "queries").is_dir():
+        return _from_utm_names(root)
+    raise DatasetError(f"{root}: no ground truth found (gt.json, places.json, VPR-Bench ref/ query/ "
+                       "ground_truth_new.npy, or database/ + queries/ with UTM names)")

@@ -1,0 +1,77 @@
+"""Step: dataset with ground truth -> Recall@N of one method, with sizes and per-stage times.
+
+``main(method_conf, dataset, manifest, work_dir)`` builds the map bundle from the dataset's
+map images (in ``work_dir``), localises every query through the one Localizer, and returns
+``{"recall@1", "recall@5", "recall@10", "queries", ...}``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segvlad_edge.engines.manifest import EngineManifest
+from segvlad_edge.runtime import mapping
+from segvlad_edge.runtime.datasets import Dataset
+from segvlad_edge.runtime.features import DenseFeatureExtractor
+from segvlad_edge.runtime.images import ImageError, load_image
+from segvlad_edge.runtime.bundle import MapBundle
+from segvlad_edge.runtime.localizer import Localizer, engine_for_bundle
+from segvlad_edge.runtime.pipeline import FramePipeline
+
+RECALL_AT = (1, 5, 10)
+
+
+def main(conf: dict, ds: Dataset, manifest: EngineManifest, work_dir: str | Path, engines_dir=None,
+         threads: int | None = None, progress: bool = True, exact: bool = False) -> dict:
+    work_dir = Path(work_dir)
+    extractor = DenseFeatureExtractor(manifest, threads=threads)
+    pipe = FramePipeline(extractor, conf, engines_dir)
+    bundle_path = work_dir / "map.segmap"
+    summary = mapping.main(conf, [(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress)
+    bundle = MapBundle.read(bundle_path)
+    engine_for_bundle(bundle, manifest.path.parent)
+    loc = Localizer(bundle, pipe)            # same engine session and segmenter; vocab/PCA as fitted
+    index_of = {name: i for i, name in enumerate(loc.names)}
+    # map image index in the bundle (skipped images shift it) -> dataset map index
+    bundle_to_ds = {index_of[ds.name(p)]: i for i, p in enumerate(ds.map_images) if ds.name(p) in index_of}
+    offsets = np.concatenate([[0], np.cumsum(loc.bundle.arrays["segments_per_image"])])
+    hits = np.zeros((len(ds.queries), len(RECALL_AT)), bool)
+    stage_ms: dict[str, list] = {}
+    failures = []
+    t0 = time.perf_counter()
+    for qi, q in enumerate(tqdm(ds.queries, desc="queries", unit="q", disable=not progress)):
+        if ds.query_map_index is not None:          # leave-one-out: the query is a map image
+            b = index_of.get(ds.name(q))
+            if b is None:
+                continue
+            ranked = loc.rank_descriptors(loc.bundle.arrays["descriptors"][offsets[b]:offsets[b + 1]],
+                                          top=max(RECALL_AT), exact=exact, exclude_image=b)
+            top = [bundle_to_ds[i] for i in ranked.images]
+        else:
+            try:
+                ans = loc.localize(load_image(q), top=max(RECALL_AT), exact=exact)
+            except ImageError as e:
+                failures.append((ds.name(q), str(e)))
+                continue
+            for k, v in ans.ms.items():
+                stage_ms.setdefault(k, []).append(v)
+            top = [bundle_to_ds[e["index"]] for e in ans.top]
+        for j, n in enumerate(RECALL_AT):
+            hits[qi, j] = any(t in ds.positives[qi] for t in top[:n])
+    n_img = max(summary.images, 1)
+    desc_bytes = loc.bundle.arrays["descriptors"].nbytes
+    result = {f"recall@{n}": round(float(hits[:, j].mean()), 4) for j, n in enumerate(RECALL_AT)}
+    result.update({
+        "queries": len(ds.queries), "map_images": summary.images, "layout": ds.layout,
+        "segments_per_image": round(summary.segments / n_img, 1),
+        "bundle_bytes": summary.bytes, "bytes_per_image": round(summary.bytes / n_img),
+        "descriptor_bytes_per_image": round(desc_bytes / n_img),
+        "query_ms": {k: round(float(np.median(v)), 2) for k, v in stage_ms.items()},
+        "map_build_ms": {k: round(v, 2) for k, v in summary.stage_ms.items()},
+        "eval_seconds": round(time.perf_counter() - t0, 1), "skipped": summary.skipped + failures,
+        "hits": hits[:, 0].tolist(),
+    })
+    return result

@@ -1,0 +1,112 @@
+"""Localizer: a map bundle + engines -> ``localize(image) -> Answer``.
+
+The one object `localize`, `eval` and `explain` go through. It checks that the bundle was
+built with the same feature engine (signature in the bundle vs the engine manifest), rebuilds
+the pipeline from the bundle's settings, vocabulary and PCA, and ranks map images by
+similarity-weighted segment hits.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segvlad_edge.engines.manifest import EngineError, default_engines_dir, find_engine
+from segvlad_edge.runtime.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.features import DenseFeatureExtractor
+from segvlad_edge.runtime.index import SegmentIndex
+from segvlad_edge.runtime.pca import Pca
+from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
+from segvlad_edge.runtime.ranking import Ranked, rank
+from segvlad_edge.runtime.vlad import Vocabulary
+
+
+@dataclass
+class Answer:
+    """``top``: [{"name", "score", "index", "meta"?}] best first; ``pairs``: matched
+    (query_seg, map_seg, sim) per top image; ``ms``: per-stage milliseconds."""
+
+    top: list
+    pairs: list
+    ms: dict
+    segments: int
+    frame: FrameSegments | None = field(default=None, repr=False)
+
+
+def engine_for_bundle(bundle: MapBundle, engines_dir=None, backend: str | None = None):
+    """The engine manifest whose feature signature the bundle was built with."""
+    sig = bundle.meta["engine"]
+    folder = engines_dir or default_engines_dir()
+    m = find_engine(folder, "dinov2", tuple(sig["input_size"]), backend)
+    mine = m.feature_signature()
+    theirs = {k: sig.get(k) for k in mine}
+    if mine != theirs:
+        diff = ", ".join(f"{k}: map {theirs[k]!r} vs engine {mine[k]!r}" for k in mine if mine[k] != theirs[k])
+        raise BundleError(f"{bundle.path}: built with another engine than {m.file} ({diff}); rebuild the map "
+                          "or point --engines at the engines it was built with")
+    return m
+
+
+class Localizer:
+    def __init__(self, bundle: MapBundle, pipeline: FramePipeline):
+        self.bundle, self.pipeline = bundle, pipeline
+        s = bundle.meta["settings"]
+        self.top_k, self.norm = int(s["top_k"]), s["norm"]
+        self.index = SegmentIndex(bundle.arrays["descriptors"])
+        self.segment_image = bundle.segment_image
+        self.names = [img["name"] for img in bundle.images]
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, engines_dir=None, backend: str | None = None, providers=("cpu",),
+                    threads: int | None = None, segmenter_conf: dict | None = None) -> "Localizer":
+        bundle = MapBundle.read(path)
+        manifest = engine_for_bundle(bundle, engines_dir, backend)
+        a, s = bundle.arrays, bundle.meta["settings"]
+        pca = Pca(a["pca_mean"], a["pca_components"], a["pca_scale"]) if s.get("pca") else None
+        conf = dict(s, segmenter_conf={**s.get("segmenter_conf", {}), **(segmenter_conf or {})})
+        pipe = FramePipeline(DenseFeatureExtractor(manifest, providers=providers, threads=threads), conf,
+                             engines_dir, Vocabulary(a["vocab_centers"]), pca)
+        return cls(bundle, pipe)
+
+    def rank_descriptors(self, desc: np.ndarray, top: int = 10, exact: bool = False,
+                         exclude_image: int | None = None, ms: dict | None = None) -> Ranked:
+        """``desc [S, d] float16`` -> ranked map images. ``exclude_image`` drops one map image
+        (leave-one-out evaluation)."""
+        t0 = time.perf_counter()
+        k = self.top_k
+        if exclude_image is not None:
+            k += int(self.bundle.arrays["segments_per_image"][exclude_image])
+        ids, sims = self.index.search(desc, k, exact=exact)
+        if exclude_image is not None:
+            drop = (ids >= 0) & (self.segment_image[np.maximum(ids, 0)] == exclude_image)
+            ids, sims = np.where(drop, -1, ids), np.where(drop, -np.inf, sims)
+            order = np.argsort(-sims, axis=1, kind="stable")[:, :self.top_k]
+            ids, sims = np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
+        t1 = time.perf_counter()
+        r = rank(ids, sims, self.segment_image, len(self.names), top, self.norm)
+        if ms is not None:
+            ms["search"] = 1e3 * (t1 - t0)
+            ms["rank"] = 1e3 * (time.perf_counter() - t1)
+        return r
+
+    def answer(self, ranked: Ranked, ms: dict, segments: int, frame=None) -> Answer:
+        top = []
+        for i, score in zip(ranked.images, ranked.scores):
+            entry = {"name": self.names[i], "score": round(float(score), 4), "index": int(i)}
+            meta = self.bundle.images[i].get("meta")
+            if meta:
+                entry["meta"] = meta
+            top.append(entry)
+        return Answer(top, ranked.pairs, {k: round(v, 2) for k, v in ms.items()}, segments, frame)
+
+    def localize(self, image_bgr: np.ndarray, top: int = 5, exact: bool = False) -> Answer:
+        frame = self.pipeline.segment(image_bgr)
+        desc = self.pipeline.describe(frame)
+        ms = dict(frame.ms)
+        ranked = self.rank_descriptors(desc, top, exact, ms=ms)
+        return self.answer(ranked, ms, len(desc), frame)
+
+
+__all__ = ["Answer", "Localizer", "engine_for_bundle", "EngineError"]

@@ -1,0 +1,101 @@
+"""The per-frame data path, shared by map building and localisation:
+
+    image -> features (DINOv2 engine) -> segments (segmenter) -> SuperSegments (A^o)
+          -> VLAD per SuperSegment -> PCA -> [S, d] float16 descriptors
+
+Named configurations are plain dicts (``CONFS``); ``segvlad`` is the product default,
+``grid`` and ``global`` are the paper's / AnyLoc's baselines on the same engine. The defaults
+(featclust segments, o = 3, PCA 256 unwhitened) were chosen by ``benchmarks/sweep.py``: Recall@1
+pooled over corridor, gardens_point_day and wxbs (403 queries).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from segvlad_edge.runtime.features import DenseFeatureExtractor, FeatureMap
+from segvlad_edge.runtime.pca import Pca
+from segvlad_edge.runtime.segmenters import make_segmenter
+from segvlad_edge.runtime.supersegments import SuperSegments
+from segvlad_edge.runtime.vlad import VladAggregator, Vocabulary
+
+NO_SEGMENT = 255
+
+CONFS = {
+    "segvlad": {"segmenter": "featclust", "segmenter_conf": {}, "order": 3, "vocab_k": 32, "pca_dims": 256,
+                "whiten": False, "top_k": 50, "norm": "query"},
+    "grid": {"segmenter": "grid", "segmenter_conf": {}, "order": 3, "vocab_k": 32, "pca_dims": 256,
+             "whiten": False, "top_k": 50, "norm": "query"},
+    "global": {"segmenter": "whole", "segmenter_conf": {}, "order": 0, "vocab_k": 32, "pca_dims": None,
+               "whiten": False, "top_k": 50, "norm": "none"},
+}
+DEFAULT_METHOD = "segvlad"
+
+
+@dataclass
+class FrameSegments:
+    """One frame before aggregation: features, base ``masks [S, P] bool`` and their SuperSegments."""
+
+    fmap: FeatureMap
+    masks: np.ndarray
+    supersegments: SuperSegments
+    ms: dict = field(default_factory=dict)
+
+    def label_map(self) -> np.ndarray:
+        """``[P] uint8``: the smallest base segment covering each patch (NO_SEGMENT where none)."""
+        labels = np.full(self.masks.shape[1], NO_SEGMENT, np.uint8)
+        if len(self.masks):
+            area = self.masks.sum(1)
+            for s in np.argsort(-area)[-(NO_SEGMENT - 1):]:      # large first, small overwrite
+                labels[self.masks[s]] = min(s, NO_SEGMENT - 1)
+        return labels
+
+
+class WholeImage:
+    """``whole``: one segment covering every patch (global VLAD)."""
+
+    def __call__(self, image_bgr, fmap) -> np.ndarray:
+        return np.ones((1, fmap.grid[0] * fmap.grid[1]), bool)
+
+
+class FramePipeline:
+    """``segment(image) -> FrameSegments``; ``describe(frame) -> [S, d] float16`` once a
+    vocabulary (and PCA, unless ``pca_dims`` is None) is set."""
+
+    def __init__(self, extractor: DenseFeatureExtractor, conf: dict, engines_dir=None,
+                 vocab: Vocabulary | None = None, pca: Pca | None = None):
+        self.extractor, self.conf = extractor, conf
+        name = conf["segmenter"]
+        self.segmenter = WholeImage() if name == "whole" else make_segmenter(name, conf.get("segmenter_conf"), engines_dir)
+        self.vocab, self.pca = vocab, pca
+
+    def segment(self, image_bgr: np.ndarray) -> FrameSegments:
+        t0 = time.perf_counter()
+        fmap = self.extractor(image_bgr)
+        t1 = time.perf_counter()
+        masks = self.segmenter(image_bgr, fmap)
+        masks = masks[masks.any(1)]
+        t2 = time.perf_counter()
+        ss = SuperSegments.from_masks(masks, fmap.grid, self.conf["order"])
+        t3 = time.perf_counter()
+        return FrameSegments(fmap, masks, ss, {"features": 1e3 * (t1 - t0), "segments": 1e3 * (t2 - t1),
+                                                "supersegments": 1e3 * (t3 - t2)})
+
+    def vlad(self, frame: FrameSegments) -> np.ndarray:
+        """``[S, K*D] float32`` VLAD of each SuperSegment."""
+        t0 = time.perf_counter()
+        v = VladAggregator(self.vocab)(frame.fmap.features, frame.supersegments.masks)
+        frame.ms["vlad"] = 1e3 * (time.perf_counter() - t0)
+        return v
+
+    def project(self, vlad: np.ndarray, frame: FrameSegments | None = None) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.pca(vlad) if self.pca is not None else vlad.astype(np.float16)
+        if frame is not None:
+            frame.ms["pca"] = 1e3 * (time.perf_counter() - t0)
+        return out
+
+    def describe(self, frame: FrameSegments) -> np.ndarray:
+        return self.project(self.vlad(frame), frame)

@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from segvlad_edge.runtime.backends import BackendError, OrtBackend, TrtBackend, open_engine, tensorrt_available
+
+
+def test_ort_backend_reports_names_shapes_and_provider(dinov2_manifest):
+    b = open_engine(dinov2_manifest)
+    assert b.provider == "CPUExecutionProvider"
+    assert b.inputs == {"image": [1, 3, 168, 224]} and b.outputs == {"features": [1, 192, 384]}
+    out = b.run({"image": np.zeros((1, 3, 168, 224), np.float32)})
+    assert out["features"].shape == (1, 192, 384)
+
+
+def test_ort_falls_back_with_a_warning(dinov2_manifest):
+    with pytest.warns(UserWarning, match="falling back"):
+        b = OrtBackend(dinov2_manifest.engine_path, providers=("tensorrt", "cuda", "cpu"))
+    assert b.provider == "CPUExecutionProvider"
+    with pytest.raises(BackendError, match="unknown provider"):
+        OrtBackend(dinov2_manifest.engine_path, providers=("tpu",))
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
+def test_clean_error_without_tensorrt(tmp_path):
+    with pytest.raises(BackendError, match="TensorRT is not installed"):
+        TrtBackend(tmp_path / "x.plan")
+    r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", "build-engines", "--trt", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("error: TensorRT is not installed") and len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+
+
+def test_runtime_imports_and_runs_without_torch(dinov2_manifest):
+    """Every runtime module imports and a frame goes through the pipeline with torch unimportable."""
+    code = f"""
+import sys, pkgutil, importlib
+sys.modules["torch"] = None          # any 'import torch' now raises ImportError
+import segvlad_edge.runtime as rt
+for m in pkgutil.walk_packages(rt.__path__, "segvlad_edge.runtime."):
+    importlib.import_module(m.name)
+import segvlad_edge.apps.cli
+import numpy as np
+from segvlad_edge.engines.manifest import load_manifest
+from segvlad_edge.runtime.features import DenseFeatureExtractor
+from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+pipe = FramePipeline(DenseFeatureExtractor(load_manifest({str(dinov2_manifest.path)!r})), CONFS["segvlad"])
+frame = pipe.segment(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))
+assert len(frame.supersegments) > 0
+assert not any(k == "torch" or k.startswith("torch.") for k, v in sys.modules.items() if v is not None)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"

@@ -1,0 +1,188 @@
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from segvlad_edge.runtime import bundle as B
+from segvlad_edge.runtime.bundle import BundleError, MapBundle
+
+
+def make_bundle(n_images=3, per_image=2, dims=8, k=2, d=4):
+    rng = np.random.default_rng(0)
+    n = n_images * per_image
+    meta = {"format_version": 1, "engine": {"patch_grid": [2, 3], "input_size": [42, 28]},
+            "settings": {"pca_dims": dims, "pca": True, "top_k": 5, "norm": "query"},
+            "fit": {"source": "map"}, "images": [{"name": f"img{i}.jpg", "meta": {"label": str(i)}} for i in range(n_images)]}
+    arrays = {"descriptors": rng.standard_normal((n, dims)).astype(np.float16),
+              "segments_per_image": np.full(n_images, per_image, np.int32),
+              "segment_labels": np.zeros((n_images, 6), np.uint8),
+              "vocab_centers": rng.standard_normal((k, d)).astype(np.float32),
+              "pca_mean": np.zeros(k * d, np.float32), "pca_components": np.zeros((dims, k * d), np.float32),
+              "pca_scale": np.ones(dims, np.float32)}
+    return MapBundle(meta, arrays)
+
+
+@pytest.fixture
+def written(tmp_path):
+    p = tmp_path / "m.segmap"
+    make_bundle().write(p)
+    return p
+
+
+def test_round_trip(written):
+    b = MapBundle.read(written)
+    ref = make_bundle()
+    assert b.meta == ref.meta
+    for k, v in ref.arrays.items():
+        np.testing.assert_array_equal(b.arrays[k], v)
+        assert b.arrays[k].dtype == v.dtype
+    np.testing.assert_array_equal(b.segment_image, [0, 0, 1, 1, 2, 2])
+    assert not list(written.parent.glob(".*tmp*"))
+
+
+def rewrite_header(path, mutate):
+    """Apply ``mutate`` to the JSON header and re-seal it with a valid header checksum."""
+    import hashlib
+    data = path.read_bytes()
+    magic, ver, hlen, _ = B.PREFIX.unpack_from(data)
+    header = json.loads(data[B.PREFIX.size:B.PREFIX.size + hlen])
+    payload = data[-(-(B.PREFIX.size + hlen) // B.ALIGN) * B.ALIGN:]
+    mutate(header)
+    new = json.dumps(header, sort_keys=True).encode()
+    start = -(-(B.PREFIX.size + len(new)) // B.ALIGN) * B.ALIGN
+    out = B.PREFIX.pack(magic, ver, len(new), hashlib.sha256(new).digest()) + new
+    path.write_bytes(out.ljust(start, b"\0") + payload)
+
+
+def test_truncated(written):
+    data = written.read_bytes()
+    for cut in (0, 10, B.PREFIX.size + 5, len(data) - 1):
+        written.write_bytes(data[:cut])
+        with pytest.raises(BundleError):
+            MapBundle.read(written)
+
+
+def test_bit_flips_anywhere_are_detected(written):
+    data = written.read_bytes()
+    for pos in range(0, len(data), max(1, len(data) // 97)):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x10
+        written.write_bytes(bytes(flipped))
+        try:
+            MapBundle.read(written)
+        except BundleError:
+            continue
+        # only padding bytes between arrays may change without notice
+        assert flipped != data and _is_padding(data, pos)
+
+
+def _is_padding(data, pos):
+    _, _, hlen, _ = B.PREFIX.unpack_from(data)
+    header = json.loads(data[B.PREFIX.size:B.PREFIX.size + hlen])
+    start = -(-(B.PREFIX.size + hlen) // B.ALIGN) * B.ALIGN
+    if pos < start:
+        return pos >= B.PREFIX.size + hlen
+    return not any(start + e["offset"] <= pos < start + e["offset"] + e["nbytes"] for e in header["arrays"].values())
+
+
+def test_wrong_magic_and_future_version(written):
+    data = bytearray(written.read_bytes())
+    written.write_bytes(b"PK\x03\x04" + bytes(data[4:]))
+    with pytest.raises(BundleError, match="wrong magic"):
+        MapBundle.read(written)
+    struct.pack_into("<I", data, 16, 7)
+    written.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="format 7 is newer"):
+        MapBundle.read(written)
+
+
+def test_inconsistent_bundles_are_refused(tmp_path):
+    p = tmp_path / "x.segmap"
+    b = make_bundle()
+    b.arrays["segments_per_image"] = np.array([2, 2, 5], np.int32)      # points past the descriptors
+    with pytest.raises(BundleError, match="points past"):
+        b.write(p)
+    assert not p.exists()
+    b = make_bundle()
+    b.meta["settings"]["pca_dims"] = 16                                  # index dim disagrees with PCA
+    with pytest.raises(BundleError, match="dims"):
+        b.write(p)
+    for bad in ("../../etc/passwd", "/abs/path.jpg", "a\\..\\b.jpg", ""):
+        b = make_bundle()
+        b.meta["images"][0]["name"] = bad
+        with pytest.raises(BundleError, match="image name"):
+            b.write(p)
+    b = make_bundle()
+    b.arrays["pca_components"] = np.zeros((8, 3), np.float32)
+    with pytest.raises(BundleError, match="PCA shapes"):
+        b.write(p)
+
+
+def test_huge_declared_sizes_do_not_allocate(written):
+    rewrite_header(written, lambda h: h["arrays"]["descriptors"].update(shape=[2**40, 2**20],
+                                                                        nbytes=2**40 * 2**20 * 2))
+    with pytest.raises(BundleError, match="past the end"):
+        MapBundle.read(written)
+
+
+def test_resealed_header_lies_are_caught(written):
+    """Even with a valid header checksum, arrays must match their own checksums and each other."""
+    data = written.read_bytes()
+    rewrite_header(written, lambda h: h["arrays"]["segments_per_image"].update(sha256="0" * 64))
+    with pytest.raises(BundleError, match="checksum"):
+        MapBundle.read(written)
+    written.write_bytes(data)
+    rewrite_header(written, lambda h: h["meta"]["images"].append({"name": "extra.jpg"}))
+    with pytest.raises(BundleError, match="segment table"):
+        MapBundle.read(written)
+    written.write_bytes(data)
+    rewrite_header(written, lambda h: h["meta"]["images"][1].update(name="../../../etc/passwd"))
+    with pytest.raises(BundleError, match="unsafe"):
+        MapBundle.read(written)
+
+
+def test_previous_bundle_survives_a_failed_write(written, monkeypatch):
+    before = written.read_bytes()
+    b = make_bundle(n_images=4)
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(B.os, "fsync", boom)
+    with pytest.raises(OSError):
+        b.write(written)
+    assert written.read_bytes() == before
+    assert not [p for p in written.parent.iterdir() if p.name != written.name]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_reader_never_crashes(tmp_path, data):
+    """Random mutations of a valid bundle: the reader returns a valid bundle or raises BundleError."""
+    base = bytearray(_valid_bytes(tmp_path))
+    for _ in range(data.draw(st.integers(1, 8))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert", "prefix"]))
+        pos = data.draw(st.integers(0, max(len(base) - 1, 0)))
+        if op == "flip" and base:
+            base[pos] ^= data.draw(st.integers(1, 255))
+        elif op == "cut":
+            del base[pos:pos + data.draw(st.integers(1, 64))]
+        elif op == "insert":
+            base[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+        else:
+            struct.pack_into("<Q", base, 20, data.draw(st.integers(0, 2**64 - 1))) if len(base) >= 28 else None
+    p = tmp_path / "fuzz.segmap"
+    p.write_bytes(bytes(base))
+    try:
+        MapBundle.read(p)
+    except BundleError:
+        pass
+
+
+def _valid_bytes(tmp_path):
+    p = tmp_path / "valid.segmap"
+    if not p.exists():
+        make_bundle().write(p)
+    return p.read_bytes()

@@ -1,0 +1,79 @@
+"""build-map + localize + eval + inspect through the real CLI on a real set (corridor)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from segvlad_edge.runtime.bundle import MapBundle
+
+
+def run(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def corridor_map(datasets, engines_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("map") / "corridor.segmap"
+    r = run("build-map", datasets / "corridor" / "ref", "-o", out, "--engines", engines_dir, "--quiet")
+    assert "111 images" in r.stdout
+    return out
+
+
+def test_build_map_and_localize_recall(datasets, engines_dir, corridor_map):
+    b = MapBundle.read(corridor_map)
+    assert len(b.images) == 111 and b.arrays["descriptors"].dtype.name == "float16"
+    assert not list(corridor_map.parent.glob(".*work*")), "work folder must be removed"
+    r = run("localize", "--map", corridor_map, "--images", datasets / "corridor" / "query", "--engines", engines_dir)
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == 111
+    gt = json.loads((datasets / "corridor" / "gt.json").read_text())
+    hits = 0
+    for line in lines:
+        assert set(line) >= {"query", "top"} and len(line["top"]) >= 1
+        scores = [t["score"] for t in line["top"]]
+        assert scores == sorted(scores, reverse=True)
+        hits += f"ref/{line['top'][0]['name']}" in gt[f"query/{line['query']}"]
+    assert hits / len(lines) >= 0.6
+
+
+def test_eval_json_contract(datasets, engines_dir):
+    r = run("eval", datasets / "corridor", "--method", "segvlad", "--json", "--engines", engines_dir)
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["queries"] == 111
+    assert 0.6 <= res["recall@1"] <= res["recall@5"] <= res["recall@10"] <= 1
+
+
+def test_inspect(corridor_map):
+    r = run("inspect", corridor_map)
+    assert "images 111" in r.stdout and "descriptors" in r.stdout
+
+
+def test_user_errors_are_one_line(tmp_path, datasets, engines_dir, corridor_map):
+    cases = [
+        ("localize", "--map", tmp_path / "none.segmap", "--images", tmp_path, "--engines", engines_dir),
+        ("build-map", tmp_path / "missing", "-o", tmp_path / "m.segmap", "--engines", engines_dir),
+        ("build-map", datasets / "corridor" / "ref", "-o", tmp_path / "m.segmap", "--engines", tmp_path),
+        ("eval", datasets / "toy_unlabelled", "--engines", engines_dir),
+        ("build-engines", "--dinov2", tmp_path / "nope.pth", "--out", tmp_path),
+        ("engines", tmp_path / "nothing"),
+    ]
+    (tmp_path / "empty").mkdir()
+    cases.append(("build-map", tmp_path / "empty", "-o", tmp_path / "m.segmap", "--engines", engines_dir))
+    for args in cases:
+        r = run(*args, check=False)
+        assert r.returncode == 1, (args, r.stderr)
+        assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "m.segmap").exists()
+
+
+def test_map_from_other_engine_is_refused(tmp_path, corridor_map, engines_dir):
+    from segvlad_edge.export import build_engines
+    other = tmp_path / "other"
+    build_engines.main({"sizes": [(224, 168)], "block": 9}, other)
+    r = run("localize", "--map", corridor_map, "--images", tmp_path, "--engines", other, check=False)
+    assert r.returncode == 1 and "another engine" in r.stderr

@@ -1,0 +1,41 @@
+import numpy as np
+
+from segvlad_edge.runtime.index import SegmentIndex
+from segvlad_edge.runtime.ranking import rank
+
+
+def test_hand_computed_weighted_frequency():
+    # 2 query segments, K' = 3 hits each; map segments 0,1 -> image 0, 2 -> image 1, 3,4 -> image 2
+    seg_img = np.array([0, 0, 1, 2, 2])
+    ids = np.array([[2, 0, 3], [4, 2, 1]])
+    sims = np.array([[0.9, 0.5, 0.1], [0.8, 0.7, 0.1]], np.float32)
+    r = rank(ids, sims, seg_img, 3, top=3, norm="none")
+    # image 1: 0.9 + 0.7 = 1.6; image 2: 0.1 + 0.8 = 0.9; image 0: 0.5 + 0.1 = 0.6
+    np.testing.assert_array_equal(r.images, [1, 2, 0])
+    np.testing.assert_allclose(r.scores, [1.6, 0.9, 0.6], atol=1e-6)
+    assert r.pairs[0] == [(0, 2, np.float32(0.9).item()), (1, 2, np.float32(0.7).item())]
+    # per-query min-max: (s - 0.1) / 0.8 -> image 1: 1 + 0.75, image 2: 0 + 0.875, image 0: 0.5 + 0
+    q = rank(ids, sims, seg_img, 3, top=3, norm="query")
+    np.testing.assert_array_equal(q.images, [1, 2, 0])
+    np.testing.assert_allclose(q.scores, [1.75, 0.875, 0.5], atol=1e-6)
+    g = rank(ids, sims, seg_img, 3, top=1, norm=(0.0, 2.0))
+    np.testing.assert_allclose(g.scores, [0.8], atol=1e-6)
+
+
+def test_missing_hits_are_ignored():
+    r = rank(np.array([[-1, -1]]), np.full((1, 2), -np.inf, np.float32), np.array([0]), 1)
+    assert len(r.images) == 0
+
+
+def test_hnsw_recall_against_exact():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 128)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    idx = SegmentIndex(x.astype(np.float16))
+    q = x[:200] + 0.05 * rng.standard_normal((200, 128)).astype(np.float32)
+    assert idx.recall(q, 50) >= 0.99
+    ids, sims = idx.search(q[:3], 10)
+    assert (np.diff(sims, axis=1) <= 1e-6).all() and ids.shape == (3, 10)
+    small = SegmentIndex(x[:4].astype(np.float16))
+    ids, sims = small.search(x[:1], 6, exact=True)
+    assert (ids[0, 4:] == -1).all() and ids[0, 0] == 0

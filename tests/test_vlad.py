@@ -1,0 +1,59 @@
+import numpy as np
+
+from segvlad_edge.runtime.pca import Pca
+from segvlad_edge.runtime.vlad import VladAggregator, Vocabulary
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def reference_vlad(feats, masks, centers):
+    """Direct loops, as the reference code computes it."""
+    unit_c = unit(centers)
+    out = []
+    for m in masks:
+        v = np.zeros_like(centers, dtype=np.float64)
+        for f in feats[m]:
+            k = np.argmax(unit_c @ f)
+            v[k] += f - centers[k]
+        n = np.linalg.norm(v, axis=1, keepdims=True)
+        v = np.where(n > 0, v / np.maximum(n, 1e-12), 0).ravel()
+        out.append(v / max(np.linalg.norm(v), 1e-12))
+    return np.array(out)
+
+
+def test_vlad_matches_direct_reference():
+    rng = np.random.default_rng(0)
+    feats = unit(rng.standard_normal((60, 8))).astype(np.float32)
+    centers = rng.standard_normal((4, 8)).astype(np.float32)
+    masks = rng.random((5, 60)) < 0.3
+    masks[4] = False
+    masks[4, 3] = True
+    got = VladAggregator(Vocabulary(centers))(feats, masks)
+    np.testing.assert_allclose(got, reference_vlad(feats, masks, centers), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    assert got.dtype == np.float32 and got.shape == (5, 32)
+
+
+def test_vocabulary_fit_finds_separated_clusters():
+    rng = np.random.default_rng(1)
+    centres = unit(rng.standard_normal((3, 16)))
+    x = unit(np.repeat(centres, 50, axis=0) + 0.05 * rng.standard_normal((150, 16))).astype(np.float32)
+    voc = Vocabulary.fit(x, 3)
+    labels = voc.assign(x)
+    assert all(len(set(labels[i * 50:(i + 1) * 50])) == 1 for i in range(3))
+    assert len(set(labels)) == 3
+
+
+def test_pca_float16_unit_rows_and_projection():
+    rng = np.random.default_rng(2)
+    basis = np.linalg.qr(rng.standard_normal((64, 5)))[0].T
+    x = (rng.standard_normal((400, 5)) * [5, 4, 3, 2, 1]) @ basis
+    pca = Pca.fit(x.astype(np.float32), 5)
+    y = pca(x.astype(np.float32))
+    assert y.dtype == np.float16 and y.shape == (400, 5)
+    np.testing.assert_allclose(np.linalg.norm(y.astype(np.float32), axis=1), 1, atol=2e-3)
+    # the 5 components span the data's subspace
+    np.testing.assert_allclose(np.abs(np.linalg.svd(pca.components @ basis.T)[1]), 1, atol=1e-4)
+    assert not pca.whitened and Pca.fit(x.astype(np.float32), 5, whiten=True).whitened
