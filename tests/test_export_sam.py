@@ -59,3 +59,24 @@ def test_not_a_sam_checkpoint(tmp_path):
     torch.save({"foo": torch.zeros(2)}, tmp_path / "x.pt")
     with pytest.raises(sam.SamSourceError, match="not a SAM"):
         sam.load_sam(tmp_path / "x.pt")
+
+
+def test_sam_segmenter_on_the_engines(sam_engines):
+    """Segment-everything through the exported engines, masks pooled onto a patch grid."""
+    from segvlad_edge.runtime.backends import open_engine
+    from segvlad_edge.runtime.features import FeatureMap
+    from segvlad_edge.runtime.segmenters.sam import SamSegmenter, mask_nms
+
+    arch, _, enc, dec = sam_engines
+    if arch != "vit_t":
+        pytest.skip("one architecture is enough for the segmenter")
+    seg = SamSegmenter(open_engine(enc), open_engine(dec), enc.model["mean"], enc.model["std"], points=4, batch=5,
+                       iou_thresh=-1e9, stability_thresh=0.0, nms_thresh=1.0)
+    img = np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    logits, scores, valid = seg.low_res_masks(img)
+    assert logits.shape == (16 * 3, 256, 256) and scores.shape == (48,)
+    assert valid == (int(np.ceil(614 / 4)), 256)          # 120x200 -> 614x1024 inside the 1024 frame
+    masks = seg(img, FeatureMap(np.zeros((6 * 10, 8), np.float32), (6, 10)))
+    assert masks.dtype == bool and masks.shape[1] == 60 and len(masks) >= 1
+    dup = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]], bool)
+    np.testing.assert_array_equal(mask_nms(dup, 0.7), dup[[0, 2]])
