@@ -7,6 +7,7 @@ the format version, the file's size and sha256, and the fields the runtime relie
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,11 @@ def default_engines_dir() -> Path:
     """``$SEGVLAD_ENGINES`` if set, else this folder (``engines/`` of a source checkout)."""
     env = os.environ.get(ENV_ENGINES)
     return Path(env) if env else Path(__file__).resolve().parent
+
+
+def tensorrt_available() -> bool:
+    """Whether the TensorRT Python package can be imported here (not imported to find out)."""
+    return importlib.util.find_spec("tensorrt") is not None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -141,7 +147,8 @@ def list_manifests(folder: str | os.PathLike) -> list[Path]:
 def find_engine(folder: str | os.PathLike, kind: str, input_size: tuple[int, int] | None = None,
                 backend: str | None = None) -> EngineManifest:
     """The engine of ``kind`` in ``folder`` (optionally of one input size [w, h] and backend).
-    A TensorRT plan is preferred over ONNX when both match and no backend is named."""
+    A TensorRT plan is preferred over ONNX when both match, no backend is named and TensorRT
+    can be imported here; otherwise the ONNX engine is chosen."""
     found = []
     for p in list_manifests(folder):
         try:
@@ -157,6 +164,8 @@ def find_engine(folder: str | os.PathLike, kind: str, input_size: tuple[int, int
         size = f" {input_size[0]}x{input_size[1]}" if input_size else ""
         raise EngineError(f"no {kind}{size} engine in {folder}; run `segvlad-edge build-engines`"
                           + (f" --size {input_size[0]}x{input_size[1]}" if input_size else ""))
+    if backend is None and not tensorrt_available():
+        found = [m for m in found if m.backend != "tensorrt"] or found
     found.sort(key=lambda m: (m.backend != "tensorrt", m.file))
     verify_engine_file(found[0])
     return found[0]

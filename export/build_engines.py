@@ -98,7 +98,7 @@ def dinov2_file_name(source: dinov2.Source, arch: str, block: int, facet: str, s
     return f"dinov2_{arch}_{source.format}_b{block}-{facet}_{size[0]}x{size[1]}.onnx"
 
 
-def export_dinov2(conf: dict, out_dir: Path, progress=None) -> list[tuple[EngineManifest, str]]:
+def export_dinov2(conf: dict, out_dir: Path) -> list[tuple[EngineManifest, str]]:
     """Export one DINOv2 graph per size; returns [(manifest, "built"|"up to date")]."""
     src = dinov2.load_source(conf["dinov2"])
     vit = dinov2.build_model(src)
@@ -120,8 +120,6 @@ def export_dinov2(conf: dict, out_dir: Path, progress=None) -> list[tuple[Engine
                                              "sha256": src.sha256},
                             {"image": [1, 3, h, w]}, {"features": [1, n, model_facts["dim"]]}, [w, h], model_facts, diff)
         results.append((m, "built"))
-        if progress:
-            progress()
     return results
 
 

@@ -9,7 +9,6 @@ TensorRT and cuda-python are imported only when a TensorRT engine is opened.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import warnings
@@ -74,10 +73,6 @@ class OrtBackend(Backend):
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.session.run(list(self.outputs), inputs)))
-
-
-def tensorrt_available() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
 
 
 def require_tensorrt():

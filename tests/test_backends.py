@@ -4,7 +4,8 @@ import sys
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime.backends import BackendError, OrtBackend, TrtBackend, open_engine, tensorrt_available
+from segvlad_edge.engines.manifest import tensorrt_available
+from segvlad_edge.runtime.backends import BackendError, OrtBackend, TrtBackend, open_engine
 
 
 def test_ort_backend_reports_names_shapes_and_provider(dinov2_manifest):

@@ -1,8 +1,9 @@
+import hashlib
 import json
 
 import pytest
 
-from segvlad_edge.engines.manifest import EngineError, find_engine, load_manifest, manifest_path_for
+from segvlad_edge.engines.manifest import EngineError, find_engine, load_manifest, manifest_path_for, tensorrt_available
 
 
 def test_round_trip_and_signature(dinov2_manifest):
@@ -54,3 +55,17 @@ def test_missing_engine_and_bad_manifests(engine_copy, tmp_path):
         load_manifest(mpath)
     with pytest.raises(EngineError, match="build-engines"):
         find_engine(tmp_path, "sam_encoder")
+
+
+@pytest.mark.skipif(tensorrt_available(),
+                    reason="TensorRT is installed here")
+def test_onnx_chosen_over_a_plan_without_tensorrt(engine_copy):
+    """A TensorRT plan beside the ONNX engine is only preferred where TensorRT can run it."""
+    plan = engine_copy.with_suffix(".fp16.plan")
+    plan.write_bytes(b"serialized engine")
+    m = load_manifest(engine_copy)
+    m.file, m.backend, m.precision = plan.name, "tensorrt", "fp16"
+    m.file_bytes, m.file_sha256 = plan.stat().st_size, hashlib.sha256(b"serialized engine").hexdigest()
+    m.write(manifest_path_for(plan))
+    assert find_engine(engine_copy.parent, "dinov2").backend == "onnx"
+    assert find_engine(engine_copy.parent, "dinov2", backend="tensorrt").file == plan.name
