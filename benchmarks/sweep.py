@@ -18,58 +18,42 @@ from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.datasets import load_dataset
 from segvlad_edge.runtime.features import DenseFeatureExtractor
 from segvlad_edge.runtime.images import load_image
-from segvlad_edge.runtime.index import SegmentIndex
-from segvlad_edge.runtime.pca import Pca
-from segvlad_edge.runtime.pipeline import FrameSegments, WholeImage
-from segvlad_edge.runtime.ranking import rank
-from segvlad_edge.runtime.segmenters import make_segmenter
-from segvlad_edge.runtime.supersegments import SuperSegments
-from segvlad_edge.runtime.vlad import VladAggregator, Vocabulary
+from segvlad_edge.runtime.localizer import Localizer
+from segvlad_edge.runtime.mapping import fit_models, make_bundle
+from segvlad_edge.runtime.pipeline import FramePipeline
 
 SETS = ("corridor", "gardens_point_day", "wxbs")
 
 
-def recall_at_1(ds, feats, conf):
-    seg = WholeImage() if conf["segmenter"] == "whole" else make_segmenter(conf["segmenter"], conf.get("segmenter_conf"))
-    frames = {}
-    for p, fm in feats.items():
-        masks = seg(None, fm)
-        masks = masks[masks.any(1)]
-        frames[p] = FrameSegments(fm, masks, SuperSegments.from_masks(masks, fm.grid, conf["order"]))
+def recall_at_1(ds, feats, conf, extractor):
+    """Map frames -> vocabulary/PCA fit -> in-memory bundle -> Localizer, all the product's own code;
+    ``conf["fp32"]`` keeps descriptors in float32 without PCA (the accuracy reference)."""
+    pipe = FramePipeline(extractor, conf)
+    frames = {p: pipe.segment(None, fm) for p, fm in feats.items()}
     maps = ds.map_images
-    rng = np.random.default_rng(0)
-    vocab = Vocabulary.fit(np.concatenate([feats[p].features[rng.choice(len(feats[p].features), 200, replace=False)]
-                                           for p in maps]), 32)
-    agg = VladAggregator(vocab)
-    vl = {p: agg(f.fmap.features, f.supersegments.masks) for p, f in frames.items()}
-    pca = Pca.fit(np.concatenate([vl[p] for p in maps]), conf["pca_dims"], conf.get("whiten", False)) if conf["pca_dims"] else None
-    proj = (lambda v: pca(v)) if pca else (lambda v: v.astype(np.float16) if conf.get("fp16", True) else v)
-    desc = {p: proj(v) for p, v in vl.items()}
-    counts = np.array([len(desc[p]) for p in maps])
-    seg_img = np.repeat(np.arange(len(maps)), counts)
-    index = SegmentIndex(np.concatenate([desc[p] for p in maps]))
-    index.descriptors = np.concatenate([desc[p] for p in maps])  # keep dtype for fp32 runs
+    fit_models(pipe, conf, lambda: (frames[p] for p in maps), len(maps), np.random.default_rng(0))
+    desc = {p: pipe.vlad(f) if conf.get("fp32") else pipe.describe(f) for p, f in frames.items()}
+    bundle = make_bundle(conf, pipe, [ds.name(p) for p in maps], [desc[p] for p in maps],
+                         [len(desc[p]) for p in maps], [frames[p].label_map() for p in maps], {})
+    loc = Localizer(bundle, pipe)
     hits = []
     for qi, q in enumerate(ds.queries):
-        ids, sims = index.search(desc[q], conf["top_k"] + (counts[ds.query_map_index[qi]] if ds.query_map_index else 0), exact=True)
-        if ds.query_map_index is not None:
-            b = ds.query_map_index[qi]
-            keep = seg_img[ids] != b
-            ids, sims = np.where(keep, ids, -1), np.where(keep, sims, -np.inf)
-        r = rank(ids, sims, seg_img, len(maps), 1, conf["norm"])
+        exclude = ds.query_map_index[qi] if ds.query_map_index is not None else None
+        r = loc.rank_descriptors(desc[q], top=1, exact=True, exclude_image=exclude)
         hits.append(len(r.images) > 0 and int(r.images[0]) in ds.positives[qi])
-    return float(np.mean(hits)), counts.mean(), len(hits)
+    return float(np.mean(hits)), np.mean([len(desc[p]) for p in maps]), len(hits)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", default="../shared/datasets")
     ap.add_argument("--size", default="448x336")
-    ap.add_argument("--grid", default="small", choices=["small", "full"])
+    ap.add_argument("--sets", nargs="+", default=list(SETS))
     a = ap.parse_args()
     w, h = map(int, a.size.split("x"))
     ext = DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2", (w, h)))
-    base = {"order": 1, "pca_dims": 128, "top_k": 50, "norm": "query", "segmenter_conf": {}}
+    base = {"order": 1, "vocab_k": 32, "pca_dims": 128, "whiten": False, "top_k": 50, "norm": "query",
+            "segmenter_conf": {}}
     confs = {"global": {**base, "segmenter": "whole", "order": 0, "pca_dims": None, "norm": "none"}}
     for seg, o in itertools.product(["featclust", "grid"], [0, 1, 2, 3]):
         confs[f"{seg} o={o}"] = {**base, "segmenter": seg, "order": o}
@@ -77,22 +61,22 @@ def main():
         confs[f"featclust k={k} o=1"] = {**base, "segmenter": "featclust", "segmenter_conf": {"clusters": k}}
     for d in (64, 256, 512):
         confs[f"featclust o=1 pca{d}"] = {**base, "segmenter": "featclust", "pca_dims": d}
-    confs["featclust o=1 nopca fp32"] = {**base, "segmenter": "featclust", "pca_dims": None, "fp16": False}
+    confs["featclust o=1 nopca fp32"] = {**base, "segmenter": "featclust", "pca_dims": None, "fp32": True}
     confs["featclust o=1 pca128 whiten"] = {**base, "segmenter": "featclust", "whiten": True}
     results = {}
-    for name in SETS:
+    for name in a.sets:
         ds = load_dataset(Path(a.datasets) / name)
         t = time.perf_counter()
         feats = {p: ext(load_image(p)) for p in sorted(set(ds.map_images) | set(ds.queries))}
         print(f"# {name}: {len(feats)} images featurised in {time.perf_counter() - t:.0f} s", flush=True)
         for cname, conf in confs.items():
-            r1, spi, nq = recall_at_1(ds, feats, conf)
+            r1, spi, nq = recall_at_1(ds, feats, conf, ext)
             results[(name, cname)] = (r1, nq)
             print(f"{name:18s} {cname:28s} R@1 {r1:.3f}  seg/img {spi:5.1f}", flush=True)
     print("\npooled R@1 over all queries:")
     for cname in confs:
-        hits = sum(results[(n, cname)][0] * results[(n, cname)][1] for n in SETS)
-        total = sum(results[(n, cname)][1] for n in SETS)
+        hits = sum(results[(n, cname)][0] * results[(n, cname)][1] for n in a.sets)
+        total = sum(results[(n, cname)][1] for n in a.sets)
         print(f"  {cname:28s} {hits / total:.3f}")
 
 

@@ -1,7 +1,8 @@
 """SegmentIndex: inner-product search over all map SuperSegment descriptors.
 
 HNSW (hnswlib) for the online path, an exact numpy path to measure the HNSW index's recall.
-Descriptors are stored in float16 and searched in float32 (numpy has no fast float16 matmul).
+Bundles hold float16 descriptors (float32 is accepted, to measure what float16 costs); search
+runs in float32 (numpy has no fast float16 matmul).
 """
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import numpy as np
 
 
 class SegmentIndex:
-    """``descriptors [N, d] float16`` (unit norm). ``search(q [M, d], k) -> ids [M, k] int64,
+    """``descriptors [N, d] float16 or float32`` (unit norm). ``search(q [M, d], k) -> ids [M, k] int64,
     sims [M, k] float32`` best first; ids past N (k > N) are -1 with sim -inf."""
 
     def __init__(self, descriptors: np.ndarray, m: int = 32, ef_construction: int = 200, ef: int = 256,
                  seed: int = 100, threads: int = -1):
-        self.descriptors = np.ascontiguousarray(descriptors, np.float16)
+        d = np.asarray(descriptors)
+        self.descriptors = np.ascontiguousarray(d, d.dtype if d.dtype in (np.float16, np.float32) else np.float16)
         self.m, self.ef_construction, self.ef, self.seed, self.threads = m, ef_construction, ef, seed, threads
         self._hnsw = None
 

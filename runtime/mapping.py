@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,23 +105,8 @@ def main(conf: dict, images: list[tuple[str, Path]], out: str | os.PathLike, pip
     if not kept:
         raise MapBuildError(f"none of the {len(images)} images could be read: " + "; ".join(r for _, r in skipped[:3]))
 
-    # 2. vocabulary on sampled patches, PCA on sampled SuperSegment VLADs
-    per_image = max(1, MAX_VOCAB_PATCHES // len(kept))
-    sample = []
-    for _, wf in kept:
-        with np.load(wf, allow_pickle=False) as z:
-            f = z["features"]
-        sample.append(f[rng.choice(len(f), min(per_image, len(f)), replace=False)].astype(np.float32))
-    pipeline.vocab = Vocabulary.fit(np.concatenate(sample), conf["vocab_k"])
-    del sample
-    if conf["pca_dims"]:
-        rows_per_image = max(1, MAX_PCA_ROWS // len(kept))
-        rows = []
-        for _, wf in tqdm(kept, desc="fit PCA", unit="img", disable=not progress):
-            v = pipeline.vlad(_load_frame(wf, order))
-            rows.append(v[rng.choice(len(v), min(rows_per_image, len(v)), replace=False)] if len(v) else v)
-        pipeline.pca = Pca.fit(np.concatenate(rows), conf["pca_dims"], whiten=conf["whiten"])
-        del rows
+    # 2. vocabulary and PCA, fitted on the map
+    fit_models(pipeline, conf, lambda: (_load_frame(wf, order) for _, wf in kept), len(kept), rng, progress)
 
     # 3. descriptors
     descs, counts, labels = [], [], []
@@ -139,6 +125,26 @@ def main(conf: dict, images: list[tuple[str, Path]], out: str | os.PathLike, pip
     n = len(kept)
     return BuildSummary(n, int(sum(counts)), size, time.perf_counter() - t_start, skipped,
                         {k: v / n for k, v in stage_ms.items()})
+
+
+def _sample_rows(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return x[rng.choice(len(x), min(n, len(x)), replace=False)] if len(x) else x
+
+
+def fit_models(pipeline: FramePipeline, conf: dict, frames: Callable[[], Iterable[FrameSegments]], n_images: int,
+               rng: np.random.Generator, progress: bool = False) -> None:
+    """Set ``pipeline.vocab`` (k-means on at most MAX_VOCAB_PATCHES sampled patch features) and,
+    unless ``conf["pca_dims"]`` is None, ``pipeline.pca`` (on at most MAX_PCA_ROWS sampled
+    SuperSegment VLADs). ``frames()`` streams the map's frames; it is called once per fit."""
+    per_image = max(1, MAX_VOCAB_PATCHES // n_images)
+    sample = [_sample_rows(f.fmap.features, per_image, rng) for f in frames()]
+    pipeline.vocab = Vocabulary.fit(np.concatenate(sample), conf["vocab_k"])
+    del sample
+    if conf["pca_dims"]:
+        per_image = max(1, MAX_PCA_ROWS // n_images)
+        rows = [_sample_rows(pipeline.vlad(f), per_image, rng)
+                for f in tqdm(frames(), total=n_images, desc="fit PCA", unit="img", disable=not progress)]
+        pipeline.pca = Pca.fit(np.concatenate(rows), conf["pca_dims"], whiten=conf["whiten"])
 
 
 def make_bundle(conf: dict, pipeline: FramePipeline, names: list[str], descs: list[np.ndarray], counts: list[int],

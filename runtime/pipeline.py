@@ -71,9 +71,10 @@ class FramePipeline:
         self.segmenter = WholeImage() if name == "whole" else make_segmenter(name, conf.get("segmenter_conf"), engines_dir)
         self.vocab, self.pca = vocab, pca
 
-    def segment(self, image_bgr: np.ndarray) -> FrameSegments:
+    def segment(self, image_bgr: np.ndarray | None, fmap: FeatureMap | None = None) -> FrameSegments:
+        """Features (unless ``fmap`` is given, e.g. cached), segments and SuperSegments of one frame."""
         t0 = time.perf_counter()
-        fmap = self.extractor(image_bgr)
+        fmap = self.extractor(image_bgr) if fmap is None else fmap
         t1 = time.perf_counter()
         masks = self.segmenter(image_bgr, fmap)
         masks = masks[masks.any(1)]
