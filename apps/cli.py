@@ -134,7 +134,7 @@ def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, thread
     if pca_dims is not None:
         conf["pca_dims"] = pca_dims or None
     manifest = find_engine(engines_dir or default_engines_dir(), "dinov2", size, backend)
-    return conf, FramePipeline(DenseFeatureExtractor(manifest, threads=threads), conf, engines_dir)
+    return FramePipeline(DenseFeatureExtractor(manifest, threads=threads), conf, engines_dir)
 
 
 def pipeline_options(fn):
@@ -167,8 +167,8 @@ def build_map(images_dir, out, engines_dir, size, method, segmenter, order, pca_
     files = list_images(images_dir)
     if not files:
         raise mapping.MapBuildError(f"{images_dir} holds no images")
-    conf, pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
-    s = mapping.main(conf, [(p.relative_to(images_dir).as_posix(), p) for p in files], out, pipe,
+    pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
+    s = mapping.main([(p.relative_to(images_dir).as_posix(), p) for p in files], out, pipe,
                      keep_work=keep_work, progress=not quiet)
     for name, reason in s.skipped:
         click.echo(f"skipped {name}: {reason}", err=True)
@@ -217,10 +217,9 @@ def eval_cmd(dataset_dir, engines_dir, size, method, segmenter, order, pca_dims,
     from segvlad_edge.runtime.datasets import load_dataset
 
     ds = load_dataset(dataset_dir)
-    conf, pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
+    pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
     with tempfile.TemporaryDirectory(prefix="segvlad-eval-") as work:
-        r = evaluate.main(conf, ds, pipe.extractor.manifest, work, engines_dir, threads, progress=not quiet and not as_json,
-                          exact=exact)
+        r = evaluate.main(pipe, ds, work, progress=not quiet and not as_json, exact=exact)
     r.pop("hits")
     r["method"] = method
     if as_json:

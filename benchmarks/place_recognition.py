@@ -21,8 +21,9 @@ from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime import evaluate
 from segvlad_edge.runtime.bundle import MapBundle
 from segvlad_edge.runtime.datasets import load_dataset
+from segvlad_edge.runtime.features import DenseFeatureExtractor
 from segvlad_edge.runtime.index import SegmentIndex
-from segvlad_edge.runtime.pipeline import CONFS
+from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
 
 SETS = ("gardens_point_day", "corridor", "wxbs")
 METHODS = ("segvlad", "grid", "global")
@@ -46,7 +47,8 @@ def main():
         ds = load_dataset(Path(a.datasets) / name)
         for method in METHODS:
             with tempfile.TemporaryDirectory() as tmp:
-                r = evaluate.main(CONFS[method], ds, manifest, tmp, threads=a.threads, progress=False)
+                pipe = FramePipeline(DenseFeatureExtractor(manifest, threads=a.threads), CONFS[method])
+                r = evaluate.main(pipe, ds, tmp, progress=False)
                 if method == "segvlad":
                     b = MapBundle.read(Path(tmp) / "map.segmap")
                     d = b.arrays["descriptors"]

@@ -1,7 +1,8 @@
 """Step: dataset with ground truth -> Recall@N of one method, with sizes and per-stage times.
 
-``main(method_conf, dataset, manifest, work_dir)`` builds the map bundle from the dataset's
-map images (in ``work_dir``), localises every query through the one Localizer, and returns
+``main(pipeline, dataset, work_dir)`` builds the map bundle from the dataset's map images (in
+``work_dir``) with the pipeline's settings, localises every query through the one Localizer on
+the same pipeline (engine session, segmenter, the vocabulary/PCA just fitted), and returns
 ``{"recall@1", "recall@5", "recall@10", "queries", ...}``.
 """
 from __future__ import annotations
@@ -12,28 +13,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segvlad_edge.engines.manifest import EngineManifest
 from segvlad_edge.runtime import mapping
-from segvlad_edge.runtime.datasets import Dataset
-from segvlad_edge.runtime.features import DenseFeatureExtractor
-from segvlad_edge.runtime.images import ImageError, load_image
 from segvlad_edge.runtime.bundle import MapBundle
-from segvlad_edge.runtime.localizer import Localizer, engine_for_bundle
+from segvlad_edge.runtime.datasets import Dataset
+from segvlad_edge.runtime.images import ImageError, load_image
+from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.pipeline import FramePipeline
 
 RECALL_AT = (1, 5, 10)
 
 
-def main(conf: dict, ds: Dataset, manifest: EngineManifest, work_dir: str | Path, engines_dir=None,
-         threads: int | None = None, progress: bool = True, exact: bool = False) -> dict:
-    work_dir = Path(work_dir)
-    extractor = DenseFeatureExtractor(manifest, threads=threads)
-    pipe = FramePipeline(extractor, conf, engines_dir)
-    bundle_path = work_dir / "map.segmap"
-    summary = mapping.main(conf, [(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress)
-    bundle = MapBundle.read(bundle_path)
-    engine_for_bundle(bundle, manifest.path.parent)
-    loc = Localizer(bundle, pipe)            # same engine session and segmenter; vocab/PCA as fitted
+def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool = True, exact: bool = False) -> dict:
+    bundle_path = Path(work_dir) / "map.segmap"
+    summary = mapping.main([(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress)
+    loc = Localizer(MapBundle.read(bundle_path), pipe)
     index_of = {name: i for i, name in enumerate(loc.names)}
     # map image index in the bundle (skipped images shift it) -> dataset map index
     bundle_to_ds = {index_of[ds.name(p)]: i for i, p in enumerate(ds.map_images) if ds.name(p) in index_of}

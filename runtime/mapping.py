@@ -1,6 +1,6 @@
 """Step: a folder of map images -> one MapBundle file.
 
-``main(conf, images, out, engine)`` runs in three streamed passes, so memory holds one
+``main(images, out, pipeline)`` runs in three streamed passes, so memory holds one
 image's features at a time plus the fitting samples and the final descriptors:
 
 1. each image -> features + base segments, written to a work folder beside the output
@@ -25,7 +25,6 @@ import numpy as np
 from tqdm import tqdm
 
 from segvlad_edge import __version__
-from segvlad_edge.engines.manifest import EngineManifest
 from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle
 from segvlad_edge.runtime.features import FeatureMap
 from segvlad_edge.runtime.images import ImageError, load_image
@@ -71,7 +70,7 @@ def _save_frame(path: Path, frame: FrameSegments) -> None:
     os.replace(tmp, path)
 
 
-def main(conf: dict, images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline,
+def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline,
          metadata: dict[str, dict] | None = None, keep_work: bool = False, progress: bool = True) -> BuildSummary:
     """``images``: [(name stored in the bundle, file path)]; ``metadata``: name -> {gps, pose, label, ...}."""
     t_start = time.perf_counter()
@@ -83,7 +82,7 @@ def main(conf: dict, images: list[tuple[str, Path]], out: str | os.PathLike, pip
     work = out.parent / f".{out.name}.work"
     work.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    order = conf["order"]
+    order = pipeline.conf["order"]
     kept, skipped, stage_ms = [], [], {}
 
     # 1. features + segments per image (resumable)
@@ -106,7 +105,7 @@ def main(conf: dict, images: list[tuple[str, Path]], out: str | os.PathLike, pip
         raise MapBuildError(f"none of the {len(images)} images could be read: " + "; ".join(r for _, r in skipped[:3]))
 
     # 2. vocabulary and PCA, fitted on the map
-    fit_models(pipeline, conf, lambda: (_load_frame(wf, order) for _, wf in kept), len(kept), rng, progress)
+    fit_models(pipeline, lambda: (_load_frame(wf, order) for _, wf in kept), len(kept), rng, progress)
 
     # 3. descriptors
     descs, counts, labels = [], [], []
@@ -118,7 +117,7 @@ def main(conf: dict, images: list[tuple[str, Path]], out: str | os.PathLike, pip
         descs.append(d)
         counts.append(len(d))
         labels.append(frame.label_map())
-    bundle = make_bundle(conf, pipeline, [n for n, _ in kept], descs, counts, labels, metadata or {})
+    bundle = make_bundle(pipeline, [n for n, _ in kept], descs, counts, labels, metadata or {})
     size = bundle.write(out)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
@@ -131,11 +130,12 @@ def _sample_rows(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return x[rng.choice(len(x), min(n, len(x)), replace=False)] if len(x) else x
 
 
-def fit_models(pipeline: FramePipeline, conf: dict, frames: Callable[[], Iterable[FrameSegments]], n_images: int,
+def fit_models(pipeline: FramePipeline, frames: Callable[[], Iterable[FrameSegments]], n_images: int,
                rng: np.random.Generator, progress: bool = False) -> None:
     """Set ``pipeline.vocab`` (k-means on at most MAX_VOCAB_PATCHES sampled patch features) and,
-    unless ``conf["pca_dims"]`` is None, ``pipeline.pca`` (on at most MAX_PCA_ROWS sampled
+    unless ``pipeline.conf["pca_dims"]`` is None, ``pipeline.pca`` (on at most MAX_PCA_ROWS sampled
     SuperSegment VLADs). ``frames()`` streams the map's frames; it is called once per fit."""
+    conf = pipeline.conf
     per_image = max(1, MAX_VOCAB_PATCHES // n_images)
     sample = [_sample_rows(f.fmap.features, per_image, rng) for f in frames()]
     pipeline.vocab = Vocabulary.fit(np.concatenate(sample), conf["vocab_k"])
@@ -147,9 +147,9 @@ def fit_models(pipeline: FramePipeline, conf: dict, frames: Callable[[], Iterabl
         pipeline.pca = Pca.fit(np.concatenate(rows), conf["pca_dims"], whiten=conf["whiten"])
 
 
-def make_bundle(conf: dict, pipeline: FramePipeline, names: list[str], descs: list[np.ndarray], counts: list[int],
+def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarray], counts: list[int],
                 labels: list[np.ndarray], metadata: dict[str, dict]) -> MapBundle:
-    m: EngineManifest = pipeline.extractor.manifest
+    conf, m = pipeline.conf, pipeline.extractor.manifest
     dims = pipeline.pca.dims if pipeline.pca is not None else pipeline.vocab.centers.size
     arrays = {
         "descriptors": np.concatenate(descs) if descs else np.zeros((0, dims), np.float16),
