@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segvlad_edge.engines.manifest import EngineError, default_engines_dir, find_engine
+from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
 from segvlad_edge.runtime.features import DenseFeatureExtractor
 from segvlad_edge.runtime.index import SegmentIndex
@@ -60,13 +60,12 @@ class Localizer:
 
     @classmethod
     def from_bundle(cls, path: str | Path, engines_dir=None, backend: str | None = None, providers=("cpu",),
-                    threads: int | None = None, segmenter_conf: dict | None = None) -> "Localizer":
+                    threads: int | None = None) -> "Localizer":
         bundle = MapBundle.read(path)
         manifest = engine_for_bundle(bundle, engines_dir, backend)
         a, s = bundle.arrays, bundle.meta["settings"]
         pca = Pca(a["pca_mean"], a["pca_components"], a["pca_scale"]) if s.get("pca") else None
-        conf = dict(s, segmenter_conf={**s.get("segmenter_conf", {}), **(segmenter_conf or {})})
-        pipe = FramePipeline(DenseFeatureExtractor(manifest, providers=providers, threads=threads), conf,
+        pipe = FramePipeline(DenseFeatureExtractor(manifest, providers=providers, threads=threads), s,
                              engines_dir, Vocabulary(a["vocab_centers"]), pca)
         return cls(bundle, pipe)
 
@@ -108,5 +107,3 @@ class Localizer:
         ranked = self.rank_descriptors(desc, top, exact, ms=ms)
         return self.answer(ranked, ms, len(desc), frame)
 
-
-__all__ = ["Answer", "Localizer", "engine_for_bundle", "EngineError"]
