@@ -14,9 +14,14 @@ import time
 import warnings
 from pathlib import Path
 
-import click
+# Decoder and camera-probe chatter from OpenCV/FFmpeg would break the one-line error contract;
+# our own messages say what went wrong. Set before OpenCV is first imported.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")     # AV_LOG_QUIET
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
-from segvlad_edge.engines.manifest import EngineError, default_engines_dir, find_engine, list_manifests, load_manifest
+import click  # noqa: E402
+
+from segvlad_edge.engines.manifest import EngineError, default_engines_dir, find_engine, list_manifests, load_manifest  # noqa: E402,E501
 
 USER_ERRORS: tuple[type[BaseException], ...] = (EngineError, OSError, ValueError, RuntimeError)
 
@@ -40,6 +45,9 @@ def user_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:               # stdout closed early (| head): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except USER_ERRORS as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             click.echo(f"error: {msg}", err=True)
@@ -152,66 +160,178 @@ def pipeline_options(fn):
     return fn
 
 
+def fit_options(fn):
+    for opt in reversed([
+        click.option("--fit", type=click.Choice(["auto", "map", "domain"]), default="auto", show_default=True,
+                     help="Vocabulary/PCA source: the domain fit beside the engine (auto: when there is one) or the map."),
+        click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+                     help="A domain fit file other than the one beside the engine."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _image_list(folder: Path) -> list[tuple[str, Path]]:
+    from segvlad_edge.runtime.fitting import FitError
+    from segvlad_edge.runtime.images import list_images
+
+    files = list_images(folder)
+    if not files:
+        raise FitError(f"{folder} holds no images")
+    return [(p.relative_to(folder).as_posix(), p) for p in files]
+
+
+@cli.command("build-domain")
+@click.argument("images_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Domain file to write (default: beside the engine, where build-map finds it).")
+@pipeline_options
+@click.option("--quiet", is_flag=True)
+@user_errors
+def build_domain(images_dirs, out, engines_dir, size, method, segmenter, order, pca_dims, threads, quiet):
+    """Fit a shared vocabulary + PCA once on broad image folders (kept beside the engine)."""
+    from segvlad_edge.runtime import fitting
+
+    images = [(f"{d.name}/{n}", p) for d in images_dirs for n, p in _image_list(d)]
+    pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
+    with tempfile.TemporaryDirectory(prefix="segvlad-domain-") as work:
+        path, nbytes, n, skipped = fitting.main(images, pipe, Path(work), [str(d) for d in images_dirs],
+                                                progress=not quiet, out=out)
+    for name, reason in skipped:
+        click.echo(f"skipped {name}: {reason}", err=True)
+    click.echo(f"domain fit {path}: {n} images, vocabulary {pipe.vocab.k}, "
+               f"PCA {pipe.pca.dims if pipe.pca is not None else 'none'}, {nbytes / 2**20:.1f} MiB")
+
+
 @cli.command("build-map")
 @click.argument("images_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle file to write.")
 @pipeline_options
+@fit_options
+@click.option("--metadata", "metadata_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV with a name column and lat,lon / x,y,z[,qw,qx,qy,qz] / label per image.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-image work folder (resume data).")
 @click.option("--quiet", is_flag=True)
 @user_errors
-def build_map(images_dir, out, engines_dir, size, method, segmenter, order, pca_dims, threads, keep_work, quiet):
-    """Build a map bundle from a folder of images."""
-    from segvlad_edge.runtime import mapping
-    from segvlad_edge.runtime.images import list_images
+def build_map(images_dir, out, engines_dir, size, method, segmenter, order, pca_dims, threads, fit, domain,
+              metadata_csv, keep_work, quiet):
+    """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata)."""
+    from segvlad_edge.runtime import mapping, metadata
 
-    files = list_images(images_dir)
-    if not files:
-        raise mapping.MapBuildError(f"{images_dir} holds no images")
+    images = _image_list(images_dir)
+    names = [n for n, _ in images]
+    meta = {n: m for n in names if (m := metadata.from_name(n))}
+    if metadata_csv:
+        for n, m in metadata.read_csv(metadata_csv, names).items():
+            meta[n] = {**meta.get(n, {}), **m}
     pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
-    s = mapping.main([(p.relative_to(images_dir).as_posix(), p) for p in files], out, pipe,
-                     keep_work=keep_work, progress=not quiet)
+    s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not quiet, fit=fit, domain=domain,
+                     images_root=str(images_dir.resolve()))
     for name, reason in s.skipped:
         click.echo(f"skipped {name}: {reason}", err=True)
     click.echo(f"map {out}: {s.images} images, {s.segments} segments ({s.segments / s.images:.1f}/image), "
-               f"{s.bytes / 1024:.1f} KiB ({s.bytes / s.images / 1024:.1f} KiB/image), {s.seconds:.1f} s"
+               f"{s.bytes / 1024:.1f} KiB ({s.bytes / s.images / 1024:.1f} KiB/image), vocabulary/PCA from the "
+               f"{s.fit['source']}{' ' + s.fit['file'] if s.fit['source'] == 'domain' else ''}, {s.seconds:.1f} s"
                + (f", {len(s.skipped)} skipped" if s.skipped else ""))
 
 
 @cli.command("localize")
 @click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None, help="Folder of query images.")
+@click.option("--video", default=None, help="Video file, RTSP/HTTP URL or GStreamer pipeline.")
+@click.option("--camera", type=int, default=None, help="Camera device index.")
 @click.option("--top", type=int, default=5, show_default=True)
+@click.option("--out", "out_target", default="-", show_default=True,
+              help="Where JSON lines go: - (stdout), a file (appended) or udp://HOST:PORT.")
+@click.option("--max-fps", type=float, default=0.0, help="Process at most this many frames per second (0: no limit).")
+@click.option("--every-n", type=int, default=1, show_default=True, help="Process every n-th frame.")
+@click.option("--filter", "temporal", is_flag=True, help="Temporal filter over the stream (adds a 'filtered' answer).")
+@click.option("--min-confidence", type=float, default=None, help="Below this, 'match' is null (default: 0.05).")
+@click.option("--save-vis", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write an explanation PNG per frame into this folder.")
+@click.option("--give-up-after", type=float, default=0.0,
+              help="Live sources: end after this many seconds without a frame (0: keep reconnecting).")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The map's domain fit file where it is not beside the engine.")
 @click.option("--threads", type=int, default=None)
 @user_errors
-def localize(map_path, images_dir, top, engines_dir, threads):
-    """Localise frames against a map; one JSON object per line on stdout."""
-    from segvlad_edge.runtime.images import ImageError, list_images, load_image
+def localize(map_path, images_dir, video, camera, top, out_target, max_fps, every_n, temporal, min_confidence,
+             save_vis, give_up_after, engines_dir, domain, threads):
+    """Localise frames against a map; one JSON object per processed frame (schema in the README)."""
+    import signal
+    import threading
+
+    from segvlad_edge.apps import stream
+    from segvlad_edge.runtime.localizer import Localizer
+    from segvlad_edge.runtime.sources import SourceError, open_source
+
+    loc = Localizer.from_bundle(map_path, engines_dir, threads=threads, domain=domain)
+    if min_confidence is not None:
+        loc.min_confidence = min_confidence
+    events = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
+    try:
+        source = open_source(camera, video, images_dir, every_n, give_up_s=give_up_after, on_event=events)
+    except SourceError as e:
+        raise click.UsageError(str(e)) if "exactly one" in str(e) else e
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+        if hasattr(source, "request_stop"):
+            source.request_stop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    sink = stream.JsonSink(out_target)
+    try:
+        stats = stream.main(loc, source, sink, {"top": top, "max_fps": max_fps, "filter": temporal,
+                                                "save_vis": save_vis}, stop)
+    finally:
+        source.close()
+        sink.close()
+    if stop.is_set():
+        click.echo(f"stopped after {stats['frames']} frames", err=True)
+
+
+@cli.command("explain")
+@click.argument("query", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG to write (default: <query name>.explain.png in the current folder).")
+@click.option("--top", type=int, default=3, show_default=True)
+@click.option("--map-images", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the map images (default: the folder the map was built from).")
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@user_errors
+def explain(query, map_path, out, top, map_images, engines_dir, domain):
+    """Write a PNG: the query beside its best map images, matched segments in the same colour."""
+    from segvlad_edge.apps.explain import save_explanation
+    from segvlad_edge.runtime.images import load_image
     from segvlad_edge.runtime.localizer import Localizer
 
-    if images_dir is None:
-        raise click.UsageError("give a frame source: --images DIR")
-    loc = Localizer.from_bundle(map_path, engines_dir, threads=threads)
-    for i, path in enumerate(list_images(images_dir)):
-        name = path.relative_to(images_dir).as_posix()
-        try:
-            ans = loc.localize(load_image(path), top=top)
-        except ImageError as e:
-            click.echo(json.dumps({"query": name, "frame": i, "error": str(e), "top": []}))
-            continue
-        click.echo(json.dumps({"query": name, "frame": i, "top": [{k: v for k, v in t.items() if k != "index"}
-                                                                 for t in ans.top],
-                               "segments": ans.segments, "ms": ans.ms}))
+    loc = Localizer.from_bundle(map_path, engines_dir, domain=domain)
+    image = load_image(query)
+    ans = loc.localize(image, top=top)
+    out = out or Path(f"{query.stem}.explain.png")
+    if not ans.top:
+        raise click.ClickException(f"{query.name}: no match to explain (blank frame or no segments)")
+    save_explanation(loc, image, ans, out, top, map_images)
+    best = ans.top[0]
+    click.echo(f"{out}: best {best['name']} score {best['score']:.3f}, confidence {ans.confidence:.2f}"
+               + ("" if ans.match else " (no confident match)"))
 
 
 @cli.command("eval")
 @click.argument("dataset_dir", type=click.Path(path_type=Path))
 @pipeline_options
+@fit_options
 @click.option("--exact", is_flag=True, help="Exact search instead of HNSW.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object (last stdout line).")
 @click.option("--quiet", is_flag=True)
 @user_errors
-def eval_cmd(dataset_dir, engines_dir, size, method, segmenter, order, pca_dims, threads, exact, as_json, quiet):
+def eval_cmd(dataset_dir, engines_dir, size, method, segmenter, order, pca_dims, threads, fit, domain, exact, as_json,
+             quiet):
     """Recall@1/5/10 of a method on a dataset with ground truth."""
     from segvlad_edge.runtime import evaluate
     from segvlad_edge.runtime.datasets import load_dataset
@@ -219,7 +339,7 @@ def eval_cmd(dataset_dir, engines_dir, size, method, segmenter, order, pca_dims,
     ds = load_dataset(dataset_dir)
     pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
     with tempfile.TemporaryDirectory(prefix="segvlad-eval-") as work:
-        r = evaluate.main(pipe, ds, work, progress=not quiet and not as_json, exact=exact)
+        r = evaluate.main(pipe, ds, work, progress=not quiet and not as_json, exact=exact, fit=fit, domain=domain)
     r.pop("hits")
     r["method"] = method
     if as_json:
@@ -227,7 +347,7 @@ def eval_cmd(dataset_dir, engines_dir, size, method, segmenter, order, pca_dims,
     else:
         click.echo(f"{dataset_dir} [{r['layout']}] {method}: R@1 {r['recall@1']:.3f}  R@5 {r['recall@5']:.3f}  "
                    f"R@10 {r['recall@10']:.3f}  ({r['queries']} queries, {r['segments_per_image']} segments/image, "
-                   f"{r['bytes_per_image'] / 1024:.1f} KiB/image)")
+                   f"{r['bytes_per_image'] / 1024:.1f} KiB/image, vocabulary/PCA from the {r['fit']})")
 
 
 @cli.command("inspect")
@@ -248,10 +368,30 @@ def inspect_cmd(map_path):
     click.echo(f"  engine {e['file']} ({e['source_name']}, block {e['block']} {e['facet']}, "
                f"{e['input_size'][0]}x{e['input_size'][1]})")
     s = m["settings"]
-    click.echo(f"  segmenter {s['segmenter']}, order {s['order']}, vocabulary {s['vocab_k']} ({m['fit']['source']}), "
+    fit = m["fit"]
+    src = f"domain fit {fit['file']} (sha256 {fit['sha256'][:12]})" if fit["source"] == "domain" else "fitted on the map"
+    click.echo(f"  segmenter {s['segmenter']}, order {s['order']}, vocabulary {s['vocab_k']} ({src}), "
                f"PCA {s['pca_dims'] if s['pca'] else 'none'}{' whitened' if s['whiten'] else ''}, top-K' {s['top_k']}")
     for name, a in b.arrays.items():
         click.echo(f"  {name:20s} {a.dtype.name:8s} {'x'.join(map(str, a.shape)):>14s}  {a.nbytes / 1024:9.1f} KiB")
+
+
+@cli.command("verify")
+@click.argument("map_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@user_errors
+def verify_cmd(map_path, engines_dir, domain):
+    """Check a bundle end to end (checksums, consistency, engine and domain fit, retrieval); exit 1 on any failure."""
+    from segvlad_edge.runtime import verify
+
+    results = verify.main(map_path, engines_dir, domain)
+    for check, ok, detail in results:
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {check}: {detail}")
+    failed = [c for c, ok, _ in results if not ok]
+    if failed:
+        click.echo(f"error: {map_path}: failed {', '.join(failed)}", err=True)
+        sys.exit(1)
 
 
 def main():

@@ -19,7 +19,8 @@ from segvlad_edge.runtime.datasets import load_dataset
 from segvlad_edge.runtime.features import DenseFeatureExtractor
 from segvlad_edge.runtime.images import load_image
 from segvlad_edge.runtime.localizer import Localizer
-from segvlad_edge.runtime.mapping import fit_models, make_bundle
+from segvlad_edge.runtime.fitting import fit_models
+from segvlad_edge.runtime.mapping import make_bundle
 from segvlad_edge.runtime.pipeline import FramePipeline
 
 SETS = ("corridor", "gardens_point_day", "wxbs")
@@ -34,7 +35,8 @@ def recall_at_1(ds, feats, conf, extractor):
     fit_models(pipe, lambda: (frames[p] for p in maps), len(maps), np.random.default_rng(0))
     desc = {p: pipe.vlad(f) if conf.get("fp32") else pipe.describe(f) for p, f in frames.items()}
     bundle = make_bundle(pipe, [ds.name(p) for p in maps], [desc[p] for p in maps],
-                         [len(desc[p]) for p in maps], [frames[p].label_map() for p in maps], {})
+                         [len(desc[p]) for p in maps], [frames[p].label_map() for p in maps], {},
+                         {"source": "map", "images": len(maps)})
     loc = Localizer(bundle, pipe)
     hits = []
     for qi, q in enumerate(ds.queries):

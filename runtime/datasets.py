@@ -14,13 +14,13 @@ import ast
 import io
 import json
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segvlad_edge.runtime.images import list_images
+from segvlad_edge.runtime.metadata import from_name
 
 UTM_RADIUS_M = 25.0
 
@@ -144,20 +144,17 @@ def _from_vpr_bench(root: Path) -> Dataset:
     return Dataset(root, "vpr-bench", refs, qs, pos)
 
 
-UTM = re.compile(r"@(-?[\d.]+)@(-?[\d.]+)@")
-
-
 def _from_utm_names(root: Path) -> Dataset:
     maps, queries = list_images(root / "database"), list_images(root / "queries")
 
     def utm(paths):
         out = []
         for p in paths:
-            m = UTM.search(p.name)
-            if not m:
+            east_north = from_name(p.name).get("utm")
+            if east_north is None:
                 raise DatasetError(f"{root}: {p.name} has no @east@north@ UTM coordinates: no ground truth "
                                    "(this layout needs UTM in the file names)")
-            out.append((float(m.group(1)), float(m.group(2))))
+            out.append(east_north)
         return np.asarray(out)
 
     dm, dq = utm(maps), utm(queries)

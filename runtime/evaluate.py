@@ -19,13 +19,17 @@ from segvlad_edge.runtime.datasets import Dataset
 from segvlad_edge.runtime.images import ImageError, load_image
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.pipeline import FramePipeline
+from segvlad_edge.runtime.temporal import SequenceFilter
 
 RECALL_AT = (1, 5, 10)
 
 
-def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool = True, exact: bool = False) -> dict:
+def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool = True, exact: bool = False,
+         fit: str = "auto", domain: Path | None = None) -> dict:
+    """``fit``/``domain``: where the vocabulary and PCA come from, as for ``mapping.main``."""
     bundle_path = Path(work_dir) / "map.segmap"
-    summary = mapping.main([(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress)
+    summary = mapping.main([(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress,
+                           fit=fit, domain=domain, images_root=str(Path(ds.root).resolve()))
     loc = Localizer(MapBundle.read(bundle_path), pipe)
     index_of = {name: i for i, name in enumerate(loc.names)}
     # map image index in the bundle (skipped images shift it) -> dataset map index
@@ -33,7 +37,7 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
     offsets = np.concatenate([[0], np.cumsum(loc.bundle.arrays["segments_per_image"])])
     hits = np.zeros((len(ds.queries), len(RECALL_AT)), bool)
     stage_ms: dict[str, list] = {}
-    failures = []
+    failures, stream = [], []                      # stream: (query index, ranking) in query order
     t0 = time.perf_counter()
     for qi, q in enumerate(tqdm(ds.queries, desc="queries", unit="q", disable=not progress)):
         if ds.query_map_index is not None:          # leave-one-out: the query is a map image
@@ -52,13 +56,15 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
             for k, v in ans.ms.items():
                 stage_ms.setdefault(k, []).append(v)
             top = [bundle_to_ds[e["index"]] for e in ans.top]
+            if ans.ranked is not None:
+                stream.append((qi, ans.ranked))
         for j, n in enumerate(RECALL_AT):
             hits[qi, j] = any(t in ds.positives[qi] for t in top[:n])
     n_img = max(summary.images, 1)
     desc_bytes = loc.bundle.arrays["descriptors"].nbytes
     result = {f"recall@{n}": round(float(hits[:, j].mean()), 4) for j, n in enumerate(RECALL_AT)}
     result.update({
-        "queries": len(ds.queries), "map_images": summary.images, "layout": ds.layout,
+        "queries": len(ds.queries), "map_images": summary.images, "layout": ds.layout, "fit": summary.fit["source"],
         "segments_per_image": round(summary.segments / n_img, 1),
         "bundle_bytes": summary.bytes, "bytes_per_image": round(summary.bytes / n_img),
         "descriptor_bytes_per_image": round(desc_bytes / n_img),
@@ -67,4 +73,13 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
         "eval_seconds": round(time.perf_counter() - t0, 1), "skipped": summary.skipped + failures,
         "hits": hits[:, 0].tolist(),
     })
+    if ds.query_map_index is None and stream:
+        result["recall@1_filtered"] = round(_filtered_recall(stream, ds, bundle_to_ds, len(loc.names)), 4)
     return result
+
+
+def _filtered_recall(stream: list, ds: Dataset, bundle_to_ds: dict, n_images: int) -> float:
+    """Recall@1 per frame with the temporal filter run over the queries in order."""
+    f = SequenceFilter(n_images)
+    hits = [bundle_to_ds[f.update(r.images, r.scores)[0]] in ds.positives[qi] for qi, r in stream]
+    return float(np.mean(hits))

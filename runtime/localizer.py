@@ -15,24 +15,34 @@ import numpy as np
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, WINDOW, confidence, place_margin
 from segvlad_edge.runtime.features import DenseFeatureExtractor
+from segvlad_edge.runtime.fitting import load_domain, set_models
 from segvlad_edge.runtime.index import SegmentIndex
-from segvlad_edge.runtime.pca import Pca
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
 from segvlad_edge.runtime.ranking import Ranked, rank
-from segvlad_edge.runtime.vlad import Vocabulary
+
+BLANK_STD = 2.0                 # grey levels: a frame flatter than this carries no place information
+RANK_DEPTH = 4 * WINDOW + 2     # images ranked per frame (margin rivals, temporal filter), >= the shown top
 
 
 @dataclass
 class Answer:
     """``top``: [{"name", "score", "index", "meta"?}] best first; ``pairs``: matched
-    (query_seg, map_seg, sim) per top image; ``ms``: per-stage milliseconds."""
+    (query_seg, map_seg, sim) per top image; ``ms``: per-stage milliseconds; ``confidence`` in
+    [0, 1] (runtime/confidence.py); ``match``: ``top[0]`` when confident, else None ("no
+    confident match"); ``similarity``: mean best-hit similarity of the frame's segments;
+    ``ranked``: the full ranking (for the temporal filter)."""
 
     top: list
     pairs: list
     ms: dict
     segments: int
+    confidence: float = 0.0
+    match: dict | None = None
+    similarity: float = 0.0
     frame: FrameSegments | None = field(default=None, repr=False)
+    ranked: Ranked | None = field(default=None, repr=False)
 
 
 def engine_for_bundle(bundle: MapBundle, engines_dir=None, backend: str | None = None):
@@ -57,17 +67,29 @@ class Localizer:
         self.index = SegmentIndex(bundle.arrays["descriptors"])
         self.segment_image = bundle.segment_image
         self.names = [img["name"] for img in bundle.images]
+        self.calib = bundle.arrays.get("calib_margins")
+        self.min_confidence = NO_MATCH_BELOW
 
     @classmethod
     def from_bundle(cls, path: str | Path, engines_dir=None, backend: str | None = None, providers=("cpu",),
-                    threads: int | None = None) -> "Localizer":
+                    threads: int | None = None, domain: Path | None = None) -> "Localizer":
+        """``domain``: the map's domain fit file where it is not beside the engine."""
         bundle = MapBundle.read(path)
         manifest = engine_for_bundle(bundle, engines_dir, backend)
-        a, s = bundle.arrays, bundle.meta["settings"]
-        pca = Pca(a["pca_mean"], a["pca_components"], a["pca_scale"]) if s.get("pca") else None
-        pipe = FramePipeline(DenseFeatureExtractor(manifest, providers=providers, threads=threads), s,
-                             engines_dir, Vocabulary(a["vocab_centers"]), pca)
-        return cls(bundle, pipe)
+        s, fit = bundle.meta["settings"], bundle.meta["fit"]
+        extractor = DenseFeatureExtractor(manifest, providers=providers, threads=threads)
+        if fit["source"] == "map":
+            pipe = FramePipeline(extractor, s, engines_dir)
+            set_models(pipe, bundle.arrays, s["pca"])
+        else:
+            pipe = FramePipeline(extractor, {**s, **fit["settings"]}, engines_dir)
+            where = Path(domain) if domain else manifest.engine_path.parent / fit["file"]
+            if load_domain(pipe, fit["sha256"], where) is None:
+                raise BundleError(f"{bundle.path}: built with the domain fit {fit['file']}, which is not in "
+                                  f"{where.parent}; copy it beside the engine (or pass --domain FILE)")
+        loc = cls(bundle, pipe)
+        loc.index.hnsw()                # build the graph now, not inside the first frame's timing
+        return loc
 
     def rank_descriptors(self, desc: np.ndarray, top: int = 10, exact: bool = False,
                          exclude_image: int | None = None, ms: dict | None = None) -> Ranked:
@@ -90,20 +112,28 @@ class Localizer:
             ms["rank"] = 1e3 * (time.perf_counter() - t1)
         return r
 
-    def answer(self, ranked: Ranked, ms: dict, segments: int, frame=None) -> Answer:
-        top = []
-        for i, score in zip(ranked.images, ranked.scores):
+    def answer(self, ranked: Ranked, ms: dict, segments: int, top: int, frame=None) -> Answer:
+        entries = []
+        for i, score in zip(ranked.images[:top], ranked.scores[:top]):
             entry = {"name": self.names[i], "score": round(float(score), 4), "index": int(i)}
             meta = self.bundle.images[i].get("meta")
             if meta:
                 entry["meta"] = meta
-            top.append(entry)
-        return Answer(top, ranked.pairs, {k: round(v, 2) for k, v in ms.items()}, segments, frame)
+            entries.append(entry)
+        conf = confidence(place_margin(ranked.images, ranked.scores), self.calib)
+        match = entries[0] if entries and conf >= self.min_confidence else None
+        return Answer(entries, ranked.pairs[:top], {k: round(v, 2) for k, v in ms.items()}, segments, conf, match,
+                      round(ranked.match_sim, 4), frame, ranked)
 
     def localize(self, image_bgr: np.ndarray, top: int = 5, exact: bool = False) -> Answer:
+        """One frame -> Answer. A frame without texture (all one colour) or without segments is
+        answered with no match rather than ranked."""
+        if image_bgr.std() < BLANK_STD:
+            return Answer([], [], {}, 0)
         frame = self.pipeline.segment(image_bgr)
         desc = self.pipeline.describe(frame)
         ms = dict(frame.ms)
-        ranked = self.rank_descriptors(desc, top, exact, ms=ms)
-        return self.answer(ranked, ms, len(desc), frame)
-
+        if len(desc) == 0:
+            return Answer([], [], {k: round(v, 2) for k, v in ms.items()}, 0, frame=frame)
+        ranked = self.rank_descriptors(desc, max(top, RANK_DEPTH), exact, ms=ms)
+        return self.answer(ranked, ms, len(desc), top, frame)

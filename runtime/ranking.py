@@ -15,11 +15,13 @@ import numpy as np
 @dataclass
 class Ranked:
     """``images [N] int`` best first, ``scores [N] float32``; ``pairs[i]``: ``[(query_seg, map_seg, sim)]``
-    of image ``images[i]``, best first."""
+    of image ``images[i]``, best first; ``match_sim``: mean over query segments of their best hit's
+    raw similarity (how well the frame matches the map at all)."""
 
     images: np.ndarray
     scores: np.ndarray
     pairs: list = field(default_factory=list)
+    match_sim: float = 0.0
 
 
 def normalise_sims(sims: np.ndarray, norm="query") -> np.ndarray:
@@ -58,4 +60,5 @@ def rank(ids: np.ndarray, sims: np.ndarray, segment_image: np.ndarray, n_images:
             if len(chosen) == pairs_per_image:
                 break
         pairs.append(chosen)
-    return Ranked(order, scores[order], pairs)
+    best = sims[:, 0][np.isfinite(sims[:, 0])] if sims.shape[1] else sims[:, 0]
+    return Ranked(order, scores[order], pairs, float(best.mean()) if len(best) else 0.0)

@@ -31,3 +31,29 @@ def dinov2_manifest(engines_dir):
     from segvlad_edge.engines.manifest import find_engine
 
     return find_engine(engines_dir, "dinov2", (224, 168))
+
+
+@pytest.fixture(scope="session")
+def corridor_bundle(datasets, engines_dir, tmp_path_factory, make_pipeline):
+    """A map of the whole corridor ref/ set (111 images) built in-process with map-fitted models."""
+    from segvlad_edge.runtime import mapping
+    from segvlad_edge.runtime.images import list_images
+
+    ref = datasets / "corridor" / "ref"
+    out = tmp_path_factory.mktemp("corridor") / "corridor.segmap"
+    mapping.main([(p.name, p) for p in list_images(ref)], out, make_pipeline(engines_dir), progress=False,
+                 fit="map", images_root=str(ref))
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_pipeline():
+    """``make_pipeline(engines_dir, method="segvlad", **conf)``: the product pipeline on the test engine (224x168)."""
+    from segvlad_edge.engines.manifest import find_engine
+    from segvlad_edge.runtime.features import DenseFeatureExtractor
+    from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+
+    def make(engines_dir, method: str = "segvlad", **conf):
+        m = find_engine(engines_dir, "dinov2", (224, 168))
+        return FramePipeline(DenseFeatureExtractor(m, threads=2), {**CONFS[method], **conf}, engines_dir)
+    return make

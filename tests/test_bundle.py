@@ -13,15 +13,16 @@ from segvlad_edge.runtime.bundle import BundleError, MapBundle
 def make_bundle(n_images=3, per_image=2, dims=8, k=2, d=4):
     rng = np.random.default_rng(0)
     n = n_images * per_image
-    meta = {"format_version": 1, "engine": {"patch_grid": [2, 3], "input_size": [42, 28]},
-            "settings": {"pca_dims": dims, "pca": True, "top_k": 5, "norm": "query"},
+    meta = {"format": "segvlad-edge map", "format_version": B.FORMAT_VERSION,
+            "engine": {"patch_grid": [2, 3], "input_size": [42, 28]},
+            "settings": {"pca_dims": dims, "pca": True, "top_k": 5, "norm": "query", "vocab_k": k},
             "fit": {"source": "map"}, "images": [{"name": f"img{i}.jpg", "meta": {"label": str(i)}} for i in range(n_images)]}
     arrays = {"descriptors": rng.standard_normal((n, dims)).astype(np.float16),
               "segments_per_image": np.full(n_images, per_image, np.int32),
               "segment_labels": np.zeros((n_images, 6), np.uint8),
               "vocab_centers": rng.standard_normal((k, d)).astype(np.float32),
               "pca_mean": np.zeros(k * d, np.float32), "pca_components": np.zeros((dims, k * d), np.float32),
-              "pca_scale": np.ones(dims, np.float32)}
+              "pca_scale": np.ones(dims, np.float32), "calib_margins": np.linspace(0, 1, 3).astype(np.float32)}
     return MapBundle(meta, arrays)
 
 
@@ -119,6 +120,40 @@ def test_inconsistent_bundles_are_refused(tmp_path):
     b.arrays["pca_components"] = np.zeros((8, 3), np.float32)
     with pytest.raises(BundleError, match="PCA shapes"):
         b.write(p)
+
+
+def test_domain_fitted_bundles(tmp_path):
+    """A domain-fitted bundle holds no vocabulary/PCA, only a reference that must be a plain file name."""
+    p = tmp_path / "d.segmap"
+    b = make_bundle()
+    for name in ("vocab_centers", "pca_mean", "pca_components", "pca_scale"):
+        del b.arrays[name]
+    with pytest.raises(BundleError, match="vocabulary is missing"):
+        b.write(p)
+    b.meta["fit"] = {"source": "domain", "file": "e.onnx.x.domain", "sha256": "ab" * 32, "settings": {}}
+    b.write(p)
+    assert MapBundle.read(p).meta["fit"]["file"] == "e.onnx.x.domain"
+    for bad in ("../e.domain", "/tmp/e.domain", "a\\b.domain", ""):
+        b.meta["fit"]["file"] = bad
+        with pytest.raises(BundleError, match="unsafe"):
+            b.write(p)
+    b.meta["fit"] = {"source": "elsewhere"}
+    with pytest.raises(BundleError, match="fit"):
+        b.write(p)
+
+
+def test_bad_calibration_table(tmp_path):
+    b = make_bundle()
+    b.arrays["calib_margins"] = np.array([0.1, np.nan], np.float32)
+    with pytest.raises(BundleError, match="calibration"):
+        b.write(tmp_path / "c.segmap")
+
+
+def test_other_container_kinds_are_not_maps(tmp_path):
+    p = tmp_path / "x.domain"
+    B.write_arrays(p, {"format": "segvlad-edge domain"}, {"vocab_centers": np.zeros((2, 4), np.float32)})
+    with pytest.raises(BundleError, match="not a map bundle"):
+        MapBundle.read(p)
 
 
 def test_huge_declared_sizes_do_not_allocate(written):

@@ -39,3 +39,15 @@ def test_hnsw_recall_against_exact():
     small = SegmentIndex(x[:4].astype(np.float16))
     ids, sims = small.search(x[:1], 6, exact=True)
     assert (ids[0, 4:] == -1).all() and ids[0, 0] == 0
+
+
+def test_recall_counts_ties_as_hits():
+    """Identical descriptors (SuperSegments grown into the same region) tie; any of them may fill
+    the last places of the top-k, so recall compares similarities, not ids."""
+    x = np.eye(8, dtype=np.float32)[np.repeat(np.arange(8), 3)]     # each descriptor three times
+    idx = SegmentIndex(x)
+    assert idx.recall(x[::3], 3) == 1.0
+    bad = SegmentIndex(x)
+    bad.search = lambda q, k, exact=False: ((np.zeros((len(q), k), np.int64), np.zeros((len(q), k), np.float32))
+                                            if not exact else SegmentIndex.search(bad, q, k, exact=True))
+    assert bad.recall(x[::3], 3) == 0.0                              # an index that finds nothing scores 0

@@ -1,0 +1,37 @@
+"""Temporal filter over a frame stream: a discrete Bayes filter on the map image index.
+
+Beyond the paper (which answers frame by frame): the belief over map images is carried from
+frame to frame. Prediction spreads it over ``±window`` neighbouring map images (map order is
+capture order for a sequential map) and keeps ``teleport`` of it uniform so a robot that is
+carried elsewhere is found again; the update multiplies by a likelihood made from the frame's
+ranking, ``floor + score / best`` for the ranked images and ``floor`` for the rest. One-frame
+flips to a far place are suppressed unless the new place keeps winning.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class SequenceFilter:
+    """``update(images [N], scores [N]) -> (best map image, its posterior probability)``."""
+
+    def __init__(self, n_images: int, window: int = 3, teleport: float = 0.05, floor: float = 0.05):
+        if n_images < 1:
+            raise ValueError("the map has no images")
+        self.n, self.teleport, self.floor = n_images, teleport, floor
+        self.kernel = np.ones(2 * window + 1, np.float64) / (2 * window + 1)
+        self.belief = np.full(n_images, 1.0 / n_images)
+
+    def reset(self) -> None:
+        self.belief[:] = 1.0 / self.n
+
+    def update(self, images: np.ndarray, scores: np.ndarray) -> tuple[int, float]:
+        prior = np.convolve(self.belief, self.kernel, mode="same")
+        prior = (1 - self.teleport) * prior / prior.sum() + self.teleport / self.n
+        like = np.full(self.n, self.floor)
+        if len(images) and scores[0] > 0:
+            like[np.asarray(images, np.int64)] += np.clip(np.asarray(scores, np.float64) / scores[0], 0, 1)
+        post = prior * like
+        self.belief = post / post.sum()
+        best = int(np.argmax(self.belief))
+        return best, float(self.belief[best])

@@ -1,0 +1,53 @@
+"""Step: check a map bundle end to end before it goes onto a robot.
+
+``main(path, engines_dir, domain) -> [(check, ok, detail)]``: file checksums and internal
+consistency, engine compatibility, the domain fit it references, descriptor sanity (finite,
+unit norm), and the HNSW index the robot will search (sampled map images must find themselves
+first through it with their own descriptors).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segvlad_edge.engines.manifest import EngineError
+from segvlad_edge.runtime.bundle import BundleError, MapBundle
+
+SELF_CHECKS = 20
+
+
+def main(path: str | Path, engines_dir=None, domain: Path | None = None) -> list[tuple[str, bool, str]]:
+    from segvlad_edge.runtime.localizer import Localizer
+
+    results = []
+    try:
+        bundle = MapBundle.read(path)
+    except BundleError as e:
+        return [("file", False, str(e))]
+    n_img, desc = len(bundle.images), bundle.arrays["descriptors"]
+    results.append(("file", True, f"format {bundle.meta['format_version']}, {n_img} images, {len(desc)} segments, "
+                                  "checksums and tables consistent"))
+    try:
+        loc = Localizer.from_bundle(path, engines_dir, domain=domain)
+        fit = bundle.meta["fit"]
+        results.append(("engine", True, loc.pipeline.extractor.manifest.file))
+        results.append(("models", True, "vocabulary/PCA in the bundle" if fit["source"] == "map"
+                        else f"domain fit {fit['file']} present, sha256 matches"))
+    except (BundleError, EngineError, OSError) as e:
+        results.append(("engine/models", False, str(e)))
+        loc = None
+    d = desc.astype(np.float32)
+    norms = np.linalg.norm(d, axis=1)
+    bad = int((~np.isfinite(d).all(1) | (np.abs(norms - 1) > 0.02)).sum())
+    results.append(("descriptors", bad == 0, f"{bad} of {len(d)} are not finite unit vectors" if bad
+                    else "finite, unit norm"))
+    if loc is None:
+        loc = Localizer(bundle, None)
+    counts = bundle.arrays["segments_per_image"]
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    sample = [i for i in np.unique(np.linspace(0, n_img - 1, min(SELF_CHECKS, n_img)).astype(int)) if counts[i]]
+    found = sum(int(i) in loc.rank_descriptors(desc[offsets[i]:offsets[i + 1]], top=1).images[:1] for i in sample)
+    ok = not sample or found >= 0.8 * len(sample)
+    results.append(("index", ok, f"HNSW: {found}/{len(sample)} sampled map images find themselves first"))
+    return results
