@@ -376,6 +376,22 @@ def inspect_cmd(map_path):
         click.echo(f"  {name:20s} {a.dtype.name:8s} {'x'.join(map(str, a.shape)):>14s}  {a.nbytes / 1024:9.1f} KiB")
 
 
+@cli.command("demo")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("segvlad-demo"), show_default=True)
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--quiet", is_flag=True)
+@user_errors
+def demo(out, engines_dir, quiet):
+    """First run without your own files: a map of 10 photos shipped with scikit-image, 20 changed views as queries."""
+    from segvlad_edge.apps import demo as step
+
+    t0 = time.perf_counter()
+    r = step.main(_pipeline("segvlad", engines_dir, None, None, None, None, None), out, progress=not quiet)
+    click.echo(f"demo: {r['places']} places, {r['queries']} queries (viewpoint and lighting changes): "
+               f"Recall@1 {r['recall@1']:.2f}, Recall@5 {r['recall@5']:.2f}; map {r['map_bytes'] / 1024:.0f} KiB; "
+               f"explanation of {r['explained']} -> {r['explanation']} ({time.perf_counter() - t0:.0f} s)")
+
+
 @cli.command("verify")
 @click.argument("map_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)

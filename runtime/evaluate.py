@@ -38,6 +38,7 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
     hits = np.zeros((len(ds.queries), len(RECALL_AT)), bool)
     stage_ms: dict[str, list] = {}
     failures, stream = [], []                      # stream: (query index, ranking) in query order
+    answered = []                                  # (query index, confident match given)
     t0 = time.perf_counter()
     for qi, q in enumerate(tqdm(ds.queries, desc="queries", unit="q", disable=not progress)):
         if ds.query_map_index is not None:          # leave-one-out: the query is a map image
@@ -58,6 +59,7 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
             top = [bundle_to_ds[e["index"]] for e in ans.top]
             if ans.ranked is not None:
                 stream.append((qi, ans.ranked))
+            answered.append((qi, ans.match is not None))
         for j, n in enumerate(RECALL_AT):
             hits[qi, j] = any(t in ds.positives[qi] for t in top[:n])
     n_img = max(summary.images, 1)
@@ -75,6 +77,10 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
     })
     if ds.query_map_index is None and stream:
         result["recall@1_filtered"] = round(_filtered_recall(stream, ds, bundle_to_ds, len(loc.names)), 4)
+    if answered:          # the confidence threshold: how many queries get a match, and how often it is right
+        confident = [qi for qi, ok in answered if ok]
+        result["answered"] = round(len(confident) / len(answered), 4)
+        result["recall@1_answered"] = round(float(hits[confident, 0].mean()), 4) if confident else None
     return result
 
 
