@@ -145,12 +145,19 @@ def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, thread
     return FramePipeline(DenseFeatureExtractor(manifest, threads=threads), conf, engines_dir)
 
 
+def _one(methods: tuple[str, ...]) -> str:
+    if len(set(methods)) != 1:
+        raise click.UsageError("give one --method here (only eval compares several)")
+    return methods[0]
+
+
 def pipeline_options(fn):
     for opt in reversed([
         click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Engines folder (default: the one build-engines fills)."),
         click.option("--size", type=_size, default=None, help="Use the DINOv2 engine of this input size."),
-        click.option("--method", type=click.Choice(["segvlad", "grid", "global"]), default="segvlad", show_default=True),
+        click.option("--method", "methods", type=click.Choice(["segvlad", "grid", "global"]), multiple=True,
+                     default=("segvlad",), show_default=True, help="Method (eval: repeat to compare)."),
         click.option("--segmenter", type=click.Choice(["featclust", "grid", "sam"]), default=None),
         click.option("--order", type=int, default=None, help="SuperSegment neighbourhood order o."),
         click.option("--pca-dims", type=int, default=None, help="PCA dimensions (0: no PCA)."),
@@ -188,12 +195,12 @@ def _image_list(folder: Path) -> list[tuple[str, Path]]:
 @pipeline_options
 @click.option("--quiet", is_flag=True)
 @user_errors
-def build_domain(images_dirs, out, engines_dir, size, method, segmenter, order, pca_dims, threads, quiet):
+def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order, pca_dims, threads, quiet):
     """Fit a shared vocabulary + PCA once on broad image folders (kept beside the engine)."""
     from segvlad_edge.runtime import fitting
 
     images = [(f"{d.name}/{n}", p) for d in images_dirs for n, p in _image_list(d)]
-    pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
+    pipe = _pipeline(_one(methods), engines_dir, size, order, segmenter, pca_dims, threads)
     with tempfile.TemporaryDirectory(prefix="segvlad-domain-") as work:
         path, nbytes, n, skipped = fitting.main(images, pipe, Path(work), [str(d) for d in images_dirs],
                                                 progress=not quiet, out=out)
@@ -211,10 +218,11 @@ def build_domain(images_dirs, out, engines_dir, size, method, segmenter, order, 
 @click.option("--metadata", "metadata_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV with a name column and lat,lon / x,y,z[,qw,qx,qy,qz] / label per image.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-image work folder (resume data).")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (implies --quiet).")
 @user_errors
-def build_map(images_dir, out, engines_dir, size, method, segmenter, order, pca_dims, threads, fit, domain,
-              metadata_csv, keep_work, quiet):
+def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
+              metadata_csv, keep_work, quiet, as_json):
     """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata)."""
     from segvlad_edge.runtime import mapping, metadata
 
@@ -224,11 +232,17 @@ def build_map(images_dir, out, engines_dir, size, method, segmenter, order, pca_
     if metadata_csv:
         for n, m in metadata.read_csv(metadata_csv, names).items():
             meta[n] = {**meta.get(n, {}), **m}
-    pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
-    s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not quiet, fit=fit, domain=domain,
-                     images_root=str(images_dir.resolve()))
+    pipe = _pipeline(_one(methods), engines_dir, size, order, segmenter, pca_dims, threads)
+    s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
+                     domain=domain, images_root=str(images_dir.resolve()))
     for name, reason in s.skipped:
         click.echo(f"skipped {name}: {reason}", err=True)
+    if as_json:
+        click.echo(json.dumps({"map": str(out), "images": s.images, "segments": s.segments, "bytes": s.bytes,
+                               "seconds": round(s.seconds, 1), "fit": s.fit["source"],
+                               "skipped": [{"name": n, "reason": r} for n, r in s.skipped],
+                               "stage_ms": {k: round(v, 2) for k, v in s.stage_ms.items()}}))
+        return
     click.echo(f"map {out}: {s.images} images, {s.segments} segments ({s.segments / s.images:.1f}/image), "
                f"{s.bytes / 1024:.1f} KiB ({s.bytes / s.images / 1024:.1f} KiB/image), vocabulary/PCA from the "
                f"{s.fit['source']}{' ' + s.fit['file'] if s.fit['source'] == 'domain' else ''}, {s.seconds:.1f} s"
@@ -327,27 +341,37 @@ def explain(query, map_path, out, top, map_images, engines_dir, domain):
 @pipeline_options
 @fit_options
 @click.option("--exact", is_flag=True, help="Exact search instead of HNSW.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object (last stdout line).")
+@click.option("--json", "as_json", is_flag=True, help="Print each result as one JSON object (the last stdout line).")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write recall.png and per-method failure tables (PNG with thumbnails + CSV) here.")
 @click.option("--quiet", is_flag=True)
 @user_errors
-def eval_cmd(dataset_dir, engines_dir, size, method, segmenter, order, pca_dims, threads, fit, domain, exact, as_json,
-             quiet):
-    """Recall@1/5/10 of a method on a dataset with ground truth."""
+def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain, exact, as_json,
+             report, quiet):
+    """Recall@1/5/10 of one or more methods (--method repeated) on a dataset with ground truth."""
     from segvlad_edge.runtime import evaluate
     from segvlad_edge.runtime.datasets import load_dataset
 
     ds = load_dataset(dataset_dir)
-    pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
-    with tempfile.TemporaryDirectory(prefix="segvlad-eval-") as work:
-        r = evaluate.main(pipe, ds, work, progress=not quiet and not as_json, exact=exact, fit=fit, domain=domain)
-    r.pop("hits")
-    r["method"] = method
-    if as_json:
-        click.echo(json.dumps(r))
-    else:
-        click.echo(f"{dataset_dir} [{r['layout']}] {method}: R@1 {r['recall@1']:.3f}  R@5 {r['recall@5']:.3f}  "
-                   f"R@10 {r['recall@10']:.3f}  ({r['queries']} queries, {r['segments_per_image']} segments/image, "
-                   f"{r['bytes_per_image'] / 1024:.1f} KiB/image, vocabulary/PCA from the {r['fit']})")
+    results = {}
+    for method in dict.fromkeys(methods):
+        pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
+        with tempfile.TemporaryDirectory(prefix="segvlad-eval-") as work:
+            r = evaluate.main(pipe, ds, work, progress=not quiet and not as_json, exact=exact, fit=fit, domain=domain)
+        results[method] = r
+        r["method"] = method
+        if as_json:
+            click.echo(json.dumps({k: v for k, v in r.items() if k not in ("hits", "per_query")}))
+        else:
+            filt = f"  R@1 filtered {r['recall@1_filtered']:.3f}" if "recall@1_filtered" in r else ""
+            click.echo(f"{dataset_dir} [{r['layout']}] {method}: R@1 {r['recall@1']:.3f}  R@5 {r['recall@5']:.3f}  "
+                       f"R@10 {r['recall@10']:.3f}{filt}  ({r['queries']} queries, {r['segments_per_image']} "
+                       f"segments/image, {r['bytes_per_image'] / 1024:.1f} KiB/image, vocabulary/PCA from the {r['fit']})")
+    if report:
+        from segvlad_edge.apps.report import write_report
+
+        files = write_report(results, ds.root, report)
+        click.echo(f"report: {', '.join(str(f) for f in files)}", err=as_json)
 
 
 @cli.command("inspect")

@@ -35,7 +35,8 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
     # map image index in the bundle (skipped images shift it) -> dataset map index
     bundle_to_ds = {index_of[ds.name(p)]: i for i, p in enumerate(ds.map_images) if ds.name(p) in index_of}
     offsets = np.concatenate([[0], np.cumsum(loc.bundle.arrays["segments_per_image"])])
-    hits = np.zeros((len(ds.queries), len(RECALL_AT)), bool)
+    first = np.full(len(ds.queries), -1)           # rank (0-based) of the first correct map image, -1: none in top 10
+    top1 = np.full(len(ds.queries), -1)            # dataset map index answered first
     stage_ms: dict[str, list] = {}
     failures, stream = [], []                      # stream: (query index, ranking) in query order
     answered = []                                  # (query index, confident match given)
@@ -60,8 +61,10 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
             if ans.ranked is not None:
                 stream.append((qi, ans.ranked))
             answered.append((qi, ans.match is not None))
-        for j, n in enumerate(RECALL_AT):
-            hits[qi, j] = any(t in ds.positives[qi] for t in top[:n])
+        correct = [r for r, t in enumerate(top) if t in ds.positives[qi]]
+        first[qi] = correct[0] if correct else -1
+        top1[qi] = top[0] if top else -1
+    hits = np.stack([(first >= 0) & (first < n) for n in RECALL_AT], axis=1)
     n_img = max(summary.images, 1)
     desc_bytes = loc.bundle.arrays["descriptors"].nbytes
     result = {f"recall@{n}": round(float(hits[:, j].mean()), 4) for j, n in enumerate(RECALL_AT)}
@@ -74,6 +77,10 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
         "map_build_ms": {k: round(v, 2) for k, v in summary.stage_ms.items()},
         "eval_seconds": round(time.perf_counter() - t0, 1), "skipped": summary.skipped + failures,
         "hits": hits[:, 0].tolist(),
+        "per_query": [{"query": ds.name(q), "first_correct": int(first[i]),
+                       "top1": ds.name(ds.map_images[top1[i]]) if top1[i] >= 0 else None,
+                       "correct": sorted(ds.name(ds.map_images[j]) for j in ds.positives[i])[:3]}
+                      for i, q in enumerate(ds.queries)],
     })
     if ds.query_map_index is None and stream:
         result["recall@1_filtered"] = round(_filtered_recall(stream, ds, bundle_to_ds, len(loc.names)), 4)

@@ -5,8 +5,8 @@ image's features at a time plus the fitting samples and the final descriptors:
 
 1. each image -> features + base segments, written to a work folder beside the output
    (``.<name>.work/``, one ``.npz`` per image, atomically) -- a killed build resumes here;
-2. the vocabulary and PCA: the domain fit beside the engine (``fit="auto"`` when one exists,
-   or ``"domain"``), else fitted on the map (``runtime/fitting.py``);
+2. the vocabulary and PCA: fitted on the map, or the domain fit beside the engine
+   (``fit="domain"``, or ``"auto"`` for maps under 50 images; ``runtime/fitting.py``);
 3. each image -> SuperSegment descriptors; held-back map images calibrate the confidence
    (runtime/confidence.py); the bundle is written atomically and the work folder removed. Unreadable images are skipped with a one-line reason.
 """
@@ -59,7 +59,7 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
         raise MapBuildError(f"output folder {out.parent} does not exist")
     if out.is_dir():
         raise MapBuildError(f"{out} is a folder; give a file name for the bundle")
-    fit_ref = resolve_fit(pipeline, fit, domain)
+    fit_ref = resolve_fit(pipeline, fit, domain, len(images))
     work = out.parent / f".{out.name}.work"
     work.mkdir(exist_ok=True)
     order = pipeline.conf["order"]

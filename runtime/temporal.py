@@ -4,8 +4,10 @@ Beyond the paper (which answers frame by frame): the belief over map images is c
 frame to frame. Prediction spreads it over ``±window`` neighbouring map images (map order is
 capture order for a sequential map) and keeps ``teleport`` of it uniform so a robot that is
 carried elsewhere is found again; the update multiplies by a likelihood made from the frame's
-ranking, ``floor + score / best`` for the ranked images and ``floor`` for the rest. One-frame
-flips to a far place are suppressed unless the new place keeps winning.
+ranking: ``floor + ((score - last) / (best - last))**2`` for the ranked images (``last`` the
+lowest ranked score, so rankings whose scores are all alike, as global VLAD's are, still say
+which image is best) and ``floor`` for the rest. One-frame flips to a far place are suppressed
+unless the new place keeps winning.
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ class SequenceFilter:
         prior = (1 - self.teleport) * prior / prior.sum() + self.teleport / self.n
         like = np.full(self.n, self.floor)
         if len(images) and scores[0] > 0:
-            like[np.asarray(images, np.int64)] += np.clip(np.asarray(scores, np.float64) / scores[0], 0, 1)
+            s = np.asarray(scores, np.float64)
+            last = s[-1] if len(s) > 1 and s[-1] < s[0] else 0.0
+            like[np.asarray(images, np.int64)] += np.clip((s - last) / (s[0] - last), 0, 1) ** 2
         post = prior * like
         self.belief = post / post.sum()
         best = int(np.argmax(self.belief))

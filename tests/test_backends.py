@@ -43,7 +43,7 @@ sys.modules["torch"] = None          # any 'import torch' now raises ImportError
 import segvlad_edge.runtime as rt
 for m in pkgutil.walk_packages(rt.__path__, "segvlad_edge.runtime."):
     importlib.import_module(m.name)
-import segvlad_edge.apps.cli
+import segvlad_edge.apps.cli, segvlad_edge.apps.stream, segvlad_edge.apps.explain, segvlad_edge.apps.demo
 import numpy as np
 from segvlad_edge.engines.manifest import load_manifest
 from segvlad_edge.runtime.features import DenseFeatureExtractor

@@ -77,3 +77,23 @@ def test_map_from_other_engine_is_refused(tmp_path, corridor_map, engines_dir):
     build_engines.main({"sizes": [(224, 168)], "block": 9}, other)
     r = run("localize", "--map", corridor_map, "--images", tmp_path, "--engines", other, check=False)
     assert r.returncode == 1 and "another engine" in r.stderr
+
+
+def test_eval_report_compares_methods(datasets, engines_dir, tmp_path):
+    import csv
+
+    import cv2
+
+    r = run("eval", datasets / "corridor", "--method", "segvlad", "--method", "global", "--json", "--report",
+            tmp_path / "report", "--engines", engines_dir)
+    results = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert [x["method"] for x in results] == ["segvlad", "global"]
+    assert "report:" in r.stderr
+    png = cv2.imread(str(tmp_path / "report" / "recall.png"))
+    assert png is not None and png.shape[:2] == (420, 640)
+    for x in results:
+        rows = list(csv.DictReader(open(tmp_path / "report" / f"failures-{x['method']}.csv")))
+        assert len(rows) == round((1 - x["recall@1"]) * x["queries"])
+        assert all(row["query"].startswith("query/") and row["answered"].startswith("ref/") for row in rows)
+        table = cv2.imread(str(tmp_path / "report" / f"failures-{x['method']}.png"))
+        assert table is not None and table.shape[0] > 132 * min(len(rows), 12)

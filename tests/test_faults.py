@@ -1,4 +1,5 @@
 """Faults and degenerate inputs: killed builds, empty and one-image maps, verify, flat memory."""
+import json
 import os
 import shutil
 import signal
@@ -27,8 +28,10 @@ def test_killed_build_never_leaves_a_partial_bundle(datasets, engines_dir, tmp_p
     for p in list_images(datasets / "corridor" / "ref")[:40]:
         shutil.copy(p, src / p.name)
     target = tmp_path / "map.segmap"
-    r = cli("build-map", src, "-o", target, "--engines", engines_dir, "--fit", "map", "--quiet")
+    r = cli("build-map", src, "-o", target, "--engines", engines_dir, "--fit", "map", "--json")
     assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["images"] == 40 and summary["bytes"] == target.stat().st_size and summary["fit"] == "map"
     previous = target.read_bytes()
     for p in list_images(datasets / "corridor" / "query")[:20]:       # the map grows: a real rebuild
         shutil.copy(p, src / f"q{p.name}")

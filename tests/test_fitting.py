@@ -54,9 +54,11 @@ def test_domain_fit_is_found_beside_the_engine_and_verified(datasets, engines_di
         fitting.resolve_fit(pipe, "domain")
     shutil.copy(domain_file, beside)
     out = tmp_path / "m.segmap"
-    mapping.main(corridor_images(datasets, 12), out, make_pipeline(engines), progress=False)   # auto
+    mapping.main(corridor_images(datasets, 12), out, make_pipeline(engines), progress=False)   # auto, small map
     assert MapBundle.read(out).meta["fit"]["file"] == beside.name
     Localizer.from_bundle(out, engines)
+    assert fitting.resolve_fit(make_pipeline(engines), "auto", n_images=fitting.MIN_MAP_FIT_IMAGES) is None
+    assert fitting.resolve_fit(make_pipeline(engines), "domain", n_images=1000)["file"] == beside.name
 
     meta, arrays = read_arrays(beside, "domain fit")                      # another fit under the same name
     arrays["vocab_centers"] = arrays["vocab_centers"][::-1].copy()

@@ -44,3 +44,38 @@ def test_unreadable_csv(tmp_path):
         read_csv(p, ["a.jpg"])
     with pytest.raises(MetadataError, match="cannot read"):
         read_csv(tmp_path / "missing.csv", ["a.jpg"])
+
+
+def test_metadata_travels_from_names_and_csv_to_answers(datasets, engines_dir, tmp_path):
+    """build-map reads @-style names and a CSV; localize reports the metadata of the places it names."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from segvlad_edge.runtime.images import list_images
+
+    maps = tmp_path / "map"
+    maps.mkdir()
+    rows = ["name,label"]
+    for i, p in enumerate(list_images(datasets / "corridor" / "ref")[:12]):
+        name = f"@{500000 + 3 * i:.2f}@4100000.00@33@T@{45 + i * 1e-4:.5f}@9.10000@@@{90 + i}@@@@@@.jpg"
+        shutil.copy(p, maps / name)
+        rows.append(f"{name},corridor-{i}")
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", *map(str, args)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    cli("build-map", maps, "-o", tmp_path / "m.segmap", "--metadata", tmp_path / "meta.csv", "--engines", engines_dir,
+        "--fit", "map", "--quiet")
+    queries = tmp_path / "q"
+    queries.mkdir()
+    shutil.copy(datasets / "corridor" / "query" / "0000005.jpg", queries / "q.jpg")
+    line = json.loads(cli("localize", "--map", tmp_path / "m.segmap", "--images", queries, "--engines", engines_dir))
+    best = line["top"][0]
+    i = int(best["meta"]["label"].split("-")[1])
+    assert best["meta"]["gps"] == [pytest.approx(45 + i * 1e-4), 9.1] and best["meta"]["utm_zone"] == "33T"
+    assert best["meta"]["heading"] == 90 + i and abs(i - 5) <= 2
