@@ -278,16 +278,14 @@ def localize(map_path, images_dir, video, camera, top, out_target, max_fps, ever
 
     from segvlad_edge.apps import stream
     from segvlad_edge.runtime.localizer import Localizer
-    from segvlad_edge.runtime.sources import SourceError, open_source
+    from segvlad_edge.runtime.sources import check_choice, open_source
 
+    check_choice(camera, video, images_dir)
     loc = Localizer.from_bundle(map_path, engines_dir, threads=threads, domain=domain)
+    events = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
+    source = open_source(camera, video, images_dir, every_n, give_up_s=give_up_after, on_event=events)
     if min_confidence is not None:
         loc.min_confidence = min_confidence
-    events = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
-    try:
-        source = open_source(camera, video, images_dir, every_n, give_up_s=give_up_after, on_event=events)
-    except SourceError as e:
-        raise click.UsageError(str(e)) if "exactly one" in str(e) else e
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -435,7 +433,20 @@ def verify_cmd(map_path, engines_dir, domain):
 
 
 def main():
-    cli()
+    """Entry point: click's usage errors also become one ``error: ...`` line (exit 2)."""
+    try:
+        code = cli.main(prog_name="segvlad-edge", standalone_mode=False)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "segvlad-edge"
+        click.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

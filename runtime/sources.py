@@ -195,12 +195,16 @@ def open_capture(spec: int | str, timeout_ms: int = 5000) -> "cv2.VideoCapture":
                                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
 
 
+def check_choice(camera, video, images) -> None:
+    """Raise SourceError unless exactly one source is given (cheap: opens nothing)."""
+    if sum(x is not None for x in (camera, video, images)) != 1:
+        raise SourceError("give exactly one frame source: --camera N, --video FILE|URL or --images DIR")
+
+
 def open_source(camera: int | None = None, video: str | None = None, images: Path | None = None,
                 every_n: int = 1, **live) -> FolderSource | VideoFileSource | LiveSource:
     """Exactly one of ``camera`` (device index), ``video`` (file path or stream URL) or ``images``."""
-    given = [x is not None for x in (camera, video, images)]
-    if sum(given) != 1:
-        raise SourceError("give exactly one frame source: --camera N, --video FILE|URL or --images DIR")
+    check_choice(camera, video, images)
     if every_n < 1:
         raise SourceError("--every-n must be at least 1")
     if images is not None:

@@ -97,3 +97,16 @@ def test_eval_report_compares_methods(datasets, engines_dir, tmp_path):
         assert all(row["query"].startswith("query/") and row["answered"].startswith("ref/") for row in rows)
         table = cv2.imread(str(tmp_path / "report" / f"failures-{x['method']}.png"))
         assert table is not None and table.shape[0] > 132 * min(len(rows), 12)
+
+
+def test_usage_errors_are_one_line_too(tmp_path, corridor_map, engines_dir):
+    cases = [(("localize", "--map", corridor_map, "--engines", engines_dir), 1, "exactly one frame source"),
+             (("localize", "--images", tmp_path), 2, "Missing option '--map'"),
+             (("explain", tmp_path / "none.jpg", "--map", corridor_map), 2, "does not exist"),
+             (("no-such-command",), 2, "No such command")]
+    for args, code, text in cases:
+        r = run(*args, check=False)
+        assert r.returncode == code, (args, r.stderr)
+        assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1 and text in r.stderr
+    r = run("--version")
+    assert r.stdout.startswith("segvlad-edge, version")
