@@ -46,7 +46,7 @@ class MapBundle:
     ``segment_labels [I, h*w] uint8`` (base segment of each patch, 255 = none) and, when
     ``meta["fit"]["source"] == "map"``, ``vocab_centers [K, D] float32``, ``pca_mean [K*D]``,
     ``pca_components [d, K*D]``, ``pca_scale [d]``; a domain-fitted bundle instead names the
-    domain file kept beside the engines and its sha256 in ``meta["fit"]``; ``calib_margins
+    domain file kept beside the engines and its sha256 in ``meta["fit"]``; ``calib_negatives
     [<=I] float32`` calibrates the confidence (runtime/confidence.py)."""
 
     meta: dict
@@ -118,7 +118,7 @@ class MapBundle:
         dims = m["settings"].get("pca_dims")
         if desc.shape[1] != dims:
             raise BundleError(f"{where}: descriptors have {desc.shape[1]} dims, settings say PCA {dims}")
-        calib = a.get("calib_margins")
+        calib = a.get("calib_negatives")
         if calib is not None and (calib.dtype != np.float32 or calib.ndim != 1 or len(calib) > len(images)
                                   or not np.all(np.isfinite(calib))):
             raise BundleError(f"{where}: confidence calibration table is malformed")

@@ -47,7 +47,7 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
             if b is None:
                 continue
             ranked = loc.rank_descriptors(loc.bundle.arrays["descriptors"][offsets[b]:offsets[b + 1]],
-                                          top=max(RECALL_AT), exact=exact, exclude_image=b)
+                                          top=max(RECALL_AT), exact=exact, exclude_images=[b])
             top = [bundle_to_ds[i] for i in ranked.images]
         else:
             try:

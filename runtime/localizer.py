@@ -8,6 +8,7 @@ similarity-weighted segment hits.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
-from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, WINDOW, confidence, place_margin
+from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, WINDOW, confidence
 from segvlad_edge.runtime.features import DenseFeatureExtractor
 from segvlad_edge.runtime.fitting import load_domain, set_models
 from segvlad_edge.runtime.index import SegmentIndex
@@ -67,7 +68,7 @@ class Localizer:
         self.index = SegmentIndex(bundle.arrays["descriptors"])
         self.segment_image = bundle.segment_image
         self.names = [img["name"] for img in bundle.images]
-        self.calib = bundle.arrays.get("calib_margins")
+        self.calib = bundle.arrays.get("calib_negatives")
         self.min_confidence = NO_MATCH_BELOW
 
     @classmethod
@@ -92,16 +93,17 @@ class Localizer:
         return loc
 
     def rank_descriptors(self, desc: np.ndarray, top: int = 10, exact: bool = False,
-                         exclude_image: int | None = None, ms: dict | None = None) -> Ranked:
-        """``desc [S, d] float16`` -> ranked map images. ``exclude_image`` drops one map image
-        (leave-one-out evaluation)."""
+                         exclude_images: Iterable[int] | None = None, ms: dict | None = None) -> Ranked:
+        """``desc [S, d] float16`` -> ranked map images. ``exclude_images`` drops those map images
+        (leave-one-out evaluation, confidence calibration)."""
         t0 = time.perf_counter()
         k = self.top_k
-        if exclude_image is not None:
-            k += int(self.bundle.arrays["segments_per_image"][exclude_image])
+        excluded = np.asarray(sorted(set(exclude_images or ())), np.int64)
+        if len(excluded):
+            k += int(self.bundle.arrays["segments_per_image"][excluded].sum())
         ids, sims = self.index.search(desc, k, exact=exact)
-        if exclude_image is not None:
-            drop = (ids >= 0) & (self.segment_image[np.maximum(ids, 0)] == exclude_image)
+        if len(excluded):
+            drop = (ids >= 0) & np.isin(self.segment_image[np.maximum(ids, 0)], excluded)
             ids, sims = np.where(drop, -1, ids), np.where(drop, -np.inf, sims)
             order = np.argsort(-sims, axis=1, kind="stable")[:, :self.top_k]
             ids, sims = np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
@@ -120,7 +122,7 @@ class Localizer:
             if meta:
                 entry["meta"] = meta
             entries.append(entry)
-        conf = confidence(place_margin(ranked.images, ranked.scores), self.calib)
+        conf = confidence(ranked, self.calib)
         match = entries[0] if entries and conf >= self.min_confidence else None
         return Answer(entries, ranked.pairs[:top], {k: round(v, 2) for k, v in ms.items()}, segments, conf, match,
                       round(ranked.match_sim, 4), frame, ranked)

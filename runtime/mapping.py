@@ -7,7 +7,8 @@ image's features at a time plus the fitting samples and the final descriptors:
    (``.<name>.work/``, one ``.npz`` per image, atomically) -- a killed build resumes here;
 2. the vocabulary and PCA: fitted on the map, or the domain fit beside the engine
    (``fit="domain"``, or ``"auto"`` for maps under 50 images; ``runtime/fitting.py``);
-3. each image -> SuperSegment descriptors; held-back map images calibrate the confidence
+3. each image -> SuperSegment descriptors; map images localised with their place held back
+   calibrate the confidence
    (runtime/confidence.py); the bundle is written atomically and the work folder removed. Unreadable images are skipped with a one-line reason.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from segvlad_edge import __version__
 from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle
-from segvlad_edge.runtime.confidence import held_back_margins
+from segvlad_edge.runtime.confidence import held_back_negatives
 from segvlad_edge.runtime.fitting import FitError, extract_frames, fit_models, load_frame, model_arrays, resolve_fit
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.pipeline import FramePipeline
@@ -81,7 +82,7 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
     bundle = make_bundle(pipeline, [n for n, _ in kept], descs, counts, labels, metadata or {}, fit_ref)
     if images_root:
         bundle.meta["images_root"] = str(images_root)
-    bundle.arrays["calib_margins"] = held_back_margins(Localizer(bundle, pipeline))
+    bundle.arrays["calib_negatives"] = held_back_negatives(Localizer(bundle, pipeline))
     size = bundle.write(out)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)

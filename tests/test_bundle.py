@@ -22,7 +22,7 @@ def make_bundle(n_images=3, per_image=2, dims=8, k=2, d=4):
               "segment_labels": np.zeros((n_images, 6), np.uint8),
               "vocab_centers": rng.standard_normal((k, d)).astype(np.float32),
               "pca_mean": np.zeros(k * d, np.float32), "pca_components": np.zeros((dims, k * d), np.float32),
-              "pca_scale": np.ones(dims, np.float32), "calib_margins": np.linspace(0, 1, 3).astype(np.float32)}
+              "pca_scale": np.ones(dims, np.float32), "calib_negatives": np.linspace(0, 1, 3).astype(np.float32)}
     return MapBundle(meta, arrays)
 
 
@@ -144,7 +144,7 @@ def test_domain_fitted_bundles(tmp_path):
 
 def test_bad_calibration_table(tmp_path):
     b = make_bundle()
-    b.arrays["calib_margins"] = np.array([0.1, np.nan], np.float32)
+    b.arrays["calib_negatives"] = np.array([0.1, np.nan], np.float32)
     with pytest.raises(BundleError, match="calibration"):
         b.write(tmp_path / "c.segmap")
 
