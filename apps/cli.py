@@ -377,6 +377,8 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
 @user_errors
 def inspect_cmd(map_path):
     """Print what a map bundle holds."""
+    import numpy as np
+
     from segvlad_edge.runtime.bundle import MapBundle
 
     b = MapBundle.read(map_path)
@@ -394,6 +396,10 @@ def inspect_cmd(map_path):
     src = f"domain fit {fit['file']} (sha256 {fit['sha256'][:12]})" if fit["source"] == "domain" else "fitted on the map"
     click.echo(f"  segmenter {s['segmenter']}, order {s['order']}, vocabulary {s['vocab_k']} ({src}), "
                f"PCA {s['pca_dims'] if s['pca'] else 'none'}{' whitened' if s['whiten'] else ''}, top-K' {s['top_k']}")
+    desc = b.arrays["descriptors"]
+    dup = len(desc) - len(np.unique(desc, axis=0))
+    click.echo(f"  identical SuperSegment descriptors: {dup} of {len(desc)} ({dup / max(len(desc), 1):.0%}; "
+               "SuperSegments grown into the same region)")
     for name, a in b.arrays.items():
         click.echo(f"  {name:20s} {a.dtype.name:8s} {'x'.join(map(str, a.shape)):>14s}  {a.nbytes / 1024:9.1f} KiB")
 
