@@ -260,7 +260,7 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
 @click.option("--max-fps", type=float, default=0.0, help="Process at most this many frames per second (0: no limit).")
 @click.option("--every-n", type=int, default=1, show_default=True, help="Process every n-th frame.")
 @click.option("--filter", "temporal", is_flag=True, help="Temporal filter over the stream (adds a 'filtered' answer).")
-@click.option("--min-confidence", type=float, default=None, help="Below this, 'match' is null (default: 0.5).")
+@click.option("--min-confidence", type=float, default=None, help="Below this, 'match' is null (default: 0.7).")
 @click.option("--save-vis", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write an explanation PNG per frame into this folder.")
 @click.option("--give-up-after", type=float, default=0.0,

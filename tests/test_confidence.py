@@ -42,7 +42,7 @@ def test_held_back_calibration_and_no_match_frames(corridor_bundle, engines_dir,
         right.append(f"ref/{ans.top[0]['name']}" in gt[f"query/{p.name}"])
         answered.append(ans.match is not None)
     right, answered = np.array(right), np.array(answered)
-    assert 0.3 <= answered.mean() <= 0.95, answered.mean()
+    assert 0.2 <= answered.mean() <= 0.95, answered.mean()
     assert right[answered].mean() > right[~answered].mean()        # matches are right more often than refusals
     rng = np.random.default_rng(0)
     for frame in (np.zeros((120, 160, 3), np.uint8), np.full((120, 160, 3), 200, np.uint8)):
