@@ -130,7 +130,9 @@ def engines(folder):
 
 
 # ---------------------------------------------------------------- maps
-def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, threads, backend=None):
+def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, threads, extractor=None):
+    """The named configuration with the CLI's overrides, on the DINOv2 engine of ``size`` (or on
+    ``extractor``, an engine session already open)."""
     from segvlad_edge.runtime.features import DenseFeatureExtractor
     from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
 
@@ -141,8 +143,10 @@ def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, thread
         conf["segmenter"] = segmenter
     if pca_dims is not None:
         conf["pca_dims"] = pca_dims or None
-    manifest = find_engine(engines_dir or default_engines_dir(), "dinov2", size, backend)
-    return FramePipeline(DenseFeatureExtractor(manifest, threads=threads), conf, engines_dir)
+    if extractor is None:
+        manifest = find_engine(engines_dir or default_engines_dir(), "dinov2", size)
+        extractor = DenseFeatureExtractor(manifest, threads=threads)
+    return FramePipeline(extractor, conf, engines_dir)
 
 
 def _one(methods: tuple[str, ...]) -> str:
@@ -170,7 +174,8 @@ def pipeline_options(fn):
 def fit_options(fn):
     for opt in reversed([
         click.option("--fit", type=click.Choice(["auto", "map", "domain"]), default="auto", show_default=True,
-                     help="Vocabulary/PCA source: the domain fit beside the engine (auto: when there is one) or the map."),
+                     help="Vocabulary/PCA source: the map itself, or the domain fit beside the engine "
+                          "(auto: the map from 50 images, else the domain fit when there is one)."),
         click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
                      help="A domain fit file other than the one beside the engine."),
     ]):
@@ -351,9 +356,10 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
     from segvlad_edge.runtime.datasets import load_dataset
 
     ds = load_dataset(dataset_dir)
-    results = {}
+    results, extractor = {}, None
     for method in dict.fromkeys(methods):
-        pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads)
+        pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads, extractor)
+        extractor = pipe.extractor
         with tempfile.TemporaryDirectory(prefix="segvlad-eval-") as work:
             r = evaluate.main(pipe, ds, work, progress=not quiet and not as_json, exact=exact, fit=fit, domain=domain)
         results[method] = r

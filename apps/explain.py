@@ -23,25 +23,23 @@ PALETTE = [(0, 0, 255), (0, 200, 0), (255, 64, 0), (0, 215, 255), (255, 0, 255),
            (0, 128, 255), (128, 0, 255)]                    # BGR, one per matched pair rank
 
 
-def _panel(image: np.ndarray | None, grid: tuple[int, int], aspect: float) -> np.ndarray:
+def _panel(image: np.ndarray | None, aspect: float) -> np.ndarray:
     w = int(round(PANEL_H * aspect))
     if image is None:
         return np.full((PANEL_H, w, 3), 96, np.uint8)
     return cv2.resize(image, (w, PANEL_H), interpolation=cv2.INTER_AREA)
 
 
-def _paint(panel: np.ndarray, mask_patches: np.ndarray, grid: tuple[int, int], colour) -> int:
-    """Blend ``colour`` over the patches of ``mask_patches [h*w] bool`` and outline them;
-    returns the number of outlined pixels."""
+def _paint(panel: np.ndarray, mask_patches: np.ndarray, grid: tuple[int, int], colour) -> None:
+    """Blend ``colour`` over the patches of ``mask_patches [h*w] bool`` and outline them."""
     m = cv2.resize(mask_patches.reshape(grid).astype(np.uint8), (panel.shape[1], panel.shape[0]),
                    interpolation=cv2.INTER_NEAREST)
     if not m.any():
-        return 0
+        return
     sel = m.astype(bool)
     panel[sel] = (0.55 * panel[sel] + 0.45 * np.asarray(colour)).astype(np.uint8)
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(panel, contours, -1, colour, 2)
-    return int(sum(len(c) for c in contours))
 
 
 def _title(panel: np.ndarray, text: str, ok: bool | None) -> np.ndarray:
@@ -62,7 +60,7 @@ def save_explanation(localizer, query_bgr: np.ndarray, answer, path: str | Path,
     aspect = query_bgr.shape[1] / query_bgr.shape[0]
     root = Path(map_images) if map_images else Path(bundle.meta.get("images_root", "."))
     offsets = np.concatenate([[0], np.cumsum(bundle.arrays["segments_per_image"])])
-    q_panel = _panel(query_bgr, grid, aspect)
+    q_panel = _panel(query_bgr, aspect)
     colour_of: dict[int, tuple] = {}                         # query segment -> colour, first come first served
     layout_pairs, m_panels = [], []
     title = f"query  {'no confident match' if answer.match is None else 'match'}  conf {answer.confidence:.2f}"
@@ -72,7 +70,7 @@ def save_explanation(localizer, query_bgr: np.ndarray, answer, path: str | Path,
             img = load_image(root / entry["name"])
         except ImageError:
             img = None                                          # not on this machine: segment layout on grey
-        m_panel = _panel(img, grid, aspect)
+        m_panel = _panel(img, aspect)
         labels = bundle.arrays["segment_labels"][i]
         drawn = []
         for q, m, _ in pairs:                               # best first; one colour per map segment
@@ -97,12 +95,17 @@ def save_explanation(localizer, query_bgr: np.ndarray, answer, path: str | Path,
         boxes.append((x, x + p.shape[1]))
         row += [p, gap]
         x += p.shape[1] + gap.shape[1]
+    write_png(path, np.hstack(row[:-1]))
+    return {"panels": boxes, "pairs": layout_pairs}
+
+
+def write_png(path: str | Path, img: np.ndarray) -> None:
+    """Encode ``img`` as PNG and write it atomically (temporary file, rename); creates the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", np.hstack(row[:-1]))
+    ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
     tmp = path.with_name(f".{path.name}.tmp")
     buf.tofile(tmp)
     tmp.replace(path)
-    return {"panels": boxes, "pairs": layout_pairs}

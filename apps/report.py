@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segvlad_edge.apps.explain import write_png
 from segvlad_edge.runtime.images import ImageError, load_image
 
 COLOURS = [(200, 90, 30), (40, 160, 40), (30, 30, 210), (160, 40, 160)]     # BGR per method
@@ -25,13 +26,6 @@ def recall_curve(per_query: list[dict], max_n: int = 10) -> np.ndarray:
     first = np.array([q["first_correct"] for q in per_query])
     return np.array([np.mean((first >= 0) & (first < n)) for n in range(1, max_n + 1)]) if len(first) else \
         np.zeros(max_n)
-
-
-def _write_png(path: Path, img: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    buf.tofile(path)
 
 
 def plot_recall(curves: dict[str, np.ndarray], title: str, path: Path) -> None:
@@ -56,7 +50,7 @@ def plot_recall(curves: dict[str, np.ndarray], title: str, path: Path) -> None:
             cv2.circle(img, tuple(int(v) for v in p), 3, c, -1, cv2.LINE_AA)
         cv2.putText(img, f"{method}  R@1 {curve[0]:.3f}", (w - right - 210, h - bottom - 15 - 20 * k), FONT, 0.45, c,
                     1, cv2.LINE_AA)
-    _write_png(path, img)
+    write_png(path, img)
 
 
 def _thumb(root: Path, name: str | None, caption: str) -> np.ndarray:
@@ -89,7 +83,7 @@ def failures_table(per_query: list[dict], root: Path, method: str, out: Path) ->
         header = np.full((28, rows[0].shape[1], 3), 255, np.uint8)
         cv2.putText(header, f"{method}: {len(failed)} of {len(per_query)} queries wrong at Recall@1 "
                     f"(query | answer | a correct image)", (6, 19), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        _write_png(out / f"failures-{method}.png", np.vstack([header] + rows))
+        write_png(out / f"failures-{method}.png", np.vstack([header] + rows))
     return len(failed)
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from segvlad_edge.apps.explain import save_explanation
 from segvlad_edge.runtime.temporal import SequenceFilter
 
 SCHEMA = "segvlad-edge/localize/1"
@@ -99,7 +100,6 @@ def main(localizer, source, sink: JsonSink, conf: dict | None = None, stop: thre
                 best, p = filt.update(ans.ranked.images, ans.ranked.scores)
                 filtered = (localizer.names[best], p)
             if vis_dir is not None and ans.top:
-                from segvlad_edge.apps.explain import save_explanation
                 save_explanation(localizer, frame.image, ans, vis_dir / f"{frame.index:06d}.png")
         else:
             stats["errors"] += 1

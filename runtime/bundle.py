@@ -1,6 +1,6 @@
 """MapBundle: one self-describing, checksummed file a user copies to a robot. No pickle.
 
-The container (also used for domain fits, ``runtime/domain.py``) is, little-endian:: (little-endian)::
+The container (also used for domain fits, ``runtime/fitting.py``) is, little-endian::
 
     magic        16 bytes  b"SEGVLAD-MAP\\r\\n\\x1a\\n\\x00"
     version       u32      FORMAT_VERSION
@@ -134,8 +134,9 @@ class MapBundle:
         check_models(a, m["settings"], desc.shape[1], where)
 
 
-def check_models(a: dict, settings: dict, dims: int, where) -> None:
-    """Vocabulary and PCA arrays agree with each other and with the descriptor dimension ``dims``."""
+def check_models(a: dict, settings: dict, dims: int | None, where) -> None:
+    """Vocabulary and PCA arrays agree with each other and with the descriptor dimension ``dims``
+    (None: no descriptors to compare with, as in a domain file)."""
     if "vocab_centers" not in a or a["vocab_centers"].ndim != 2 or a["vocab_centers"].dtype != np.float32:
         raise BundleError(f"{where}: vocabulary is missing or malformed")
     k, d = a["vocab_centers"].shape
@@ -145,10 +146,11 @@ def check_models(a: dict, settings: dict, dims: int, where) -> None:
         for name in ("pca_mean", "pca_components", "pca_scale"):
             if name not in a:
                 raise BundleError(f"{where}: PCA array {name!r} is missing")
+        dims = a["pca_components"].shape[0] if dims is None else dims
         if a["pca_components"].shape != (dims, k * d) or a["pca_mean"].shape != (k * d,) \
                 or a["pca_scale"].shape != (dims,):
             raise BundleError(f"{where}: PCA shapes disagree with the vocabulary and the index dimension")
-    elif dims != k * d:
+    elif dims is not None and dims != k * d:
         raise BundleError(f"{where}: descriptors have {dims} dims, the vocabulary gives {k * d}")
 
 

@@ -152,8 +152,7 @@ def save_domain(pipeline: FramePipeline, sources: list[str], images: int, path: 
     meta = {"format": DOMAIN_FORMAT, "created_by": f"segvlad-edge {__version__}",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "engine": pipeline.extractor.manifest.feature_signature(), "settings": fit_settings(pipeline.conf),
-            "pca": pipeline.pca is not None, "pca_dims_fitted": pipeline.pca.dims if pipeline.pca is not None else None,
-            "images": images, "sources": sources, "sha256": models_sha256(arrays)}
+            "pca": pipeline.pca is not None, "images": images, "sources": sources, "sha256": models_sha256(arrays)}
     return path, write_arrays(path, meta, arrays)
 
 
@@ -172,9 +171,7 @@ def load_domain(pipeline: FramePipeline, expect_sha256: str | None = None, path:
     if meta.get("settings") != fit_settings(pipeline.conf):
         raise BundleError(f"{path}: fitted for settings {meta.get('settings')}, not {fit_settings(pipeline.conf)}")
     with_pca = bool(meta.get("pca"))
-    dims = arrays["pca_components"].shape[0] if with_pca and "pca_components" in arrays else None
-    check_models(arrays, {**meta["settings"], "pca": with_pca},
-                 dims if with_pca else arrays["vocab_centers"].size, path)
+    check_models(arrays, {**meta["settings"], "pca": with_pca}, None, path)
     sha = models_sha256(arrays)
     if sha != meta.get("sha256"):
         raise BundleError(f"{path}: contents do not match its recorded sha256: corrupted")

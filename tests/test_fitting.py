@@ -79,3 +79,12 @@ def test_domain_fit_for_other_settings_is_refused(engines_dir, domain_file, make
     pipe = make_pipeline(engines_dir, order=1)
     with pytest.raises(BundleError, match="fitted for settings"):
         fitting.load_domain(pipe, path=domain_file)
+
+
+def test_domain_file_without_a_vocabulary_is_refused(engines_dir, domain_file, tmp_path, make_pipeline):
+    meta, arrays = read_arrays(domain_file, "domain fit")
+    del arrays["vocab_centers"]
+    broken = tmp_path / "broken.domain"
+    write_arrays(broken, meta, arrays)
+    with pytest.raises(BundleError, match="vocabulary is missing"):
+        fitting.load_domain(make_pipeline(engines_dir), path=broken)
