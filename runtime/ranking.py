@@ -25,6 +25,9 @@ class Ranked:
 
 
 def normalise_sims(sims: np.ndarray, norm="query") -> np.ndarray:
+    """``sims [Q, K']`` -> hit weights ``[Q, K'] float32`` (0 for missing hits). Min-max maps the
+    range ``[lo, hi]`` to ``[0, 1]``; when the range is empty (every hit equally similar, e.g. a map
+    whose SuperSegments are all identical) each hit at ``hi`` weighs 1, so equal hits still vote."""
     valid = np.isfinite(sims)
     if norm == "none":
         return np.where(valid, sims, 0).astype(np.float32)
@@ -32,8 +35,11 @@ def normalise_sims(sims: np.ndarray, norm="query") -> np.ndarray:
         lo, hi = (sims[valid].min(), sims[valid].max()) if valid.any() else (0.0, 1.0)
     else:
         lo, hi = norm
-    w = (sims - lo) / max(hi - lo, 1e-12)
-    return np.where(valid, np.clip(w, 0, None), 0).astype(np.float32)
+    if hi - lo <= 1e-12:
+        w = (sims >= hi).astype(np.float32)
+    else:
+        w = np.clip((sims - lo) / (hi - lo), 0, None)
+    return np.where(valid, w, 0).astype(np.float32)
 
 
 def rank(ids: np.ndarray, sims: np.ndarray, segment_image: np.ndarray, n_images: int, top: int = 10,

@@ -22,6 +22,19 @@ def test_hand_computed_weighted_frequency():
     np.testing.assert_allclose(g.scores, [0.8], atol=1e-6)
 
 
+def test_equal_similarities_still_vote():
+    """Every hit equally similar (a map whose SuperSegments are all identical): min-max has an empty
+    range; each hit must still count 1, so a perfect match is ranked, not dropped."""
+    ids = np.array([[0, 1, 2], [1, 0, 2]])
+    sims = np.full((2, 3), 0.8, np.float32)
+    seg_img = np.array([0, 0, 1])
+    r = rank(ids, sims, seg_img, 2, top=2, norm="query")
+    np.testing.assert_array_equal(r.images, [0, 1])
+    np.testing.assert_allclose(r.scores, [4.0, 2.0])
+    g = rank(ids, sims, seg_img, 2, top=2, norm=(0.8, 0.8))
+    np.testing.assert_allclose(g.scores, [4.0, 2.0])
+
+
 def test_missing_hits_are_ignored():
     r = rank(np.array([[-1, -1]]), np.full((1, 2), -np.inf, np.float32), np.array([0]), 1)
     assert len(r.images) == 0
