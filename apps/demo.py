@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segvlad_edge.errors import SegvladError
 from segvlad_edge.runtime import mapping
 from segvlad_edge.runtime.images import load_image
 
@@ -23,7 +24,7 @@ PLACES = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jp
           "coins.png", "clock_motion.png", "brick.png", "retina.jpg")
 
 
-class DemoError(RuntimeError):
+class DemoError(SegvladError, RuntimeError):
     pass
 
 
@@ -58,7 +59,7 @@ def lighting_change(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def main(pipeline, out: Path, progress: bool = True) -> dict:
     """Build the demo map in ``out``, localise the queries, write ``out/explain.png``."""
-    from segvlad_edge.apps.explain import save_explanation
+    from segvlad_edge.apps.explain import save_explanation, write_png
     from segvlad_edge.runtime.bundle import MapBundle
     from segvlad_edge.runtime.localizer import Localizer
 
@@ -73,7 +74,7 @@ def main(pipeline, out: Path, progress: bool = True) -> dict:
     qdir = out / "queries"
     qdir.mkdir(exist_ok=True)
     for qname, img, _ in queries:
-        cv2.imwrite(str(qdir / qname), img)
+        write_png(qdir / qname, img)
     summary = mapping.main([(p, data / p) for p in PLACES], out / "map.segmap", pipeline, progress=progress,
                            images_root=str(data))
     loc = Localizer(MapBundle.read(out / "map.segmap"), pipeline)

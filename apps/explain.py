@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segvlad_edge.files import write_bytes
 from segvlad_edge.runtime.images import ImageError, load_image
 
 PANEL_H = 300
@@ -51,9 +52,10 @@ def _title(panel: np.ndarray, text: str, ok: bool | None) -> np.ndarray:
 
 
 def save_explanation(localizer, query_bgr: np.ndarray, answer, path: str | Path, top: int = 3,
-                     map_images: Path | None = None, correct: set[str] | None = None) -> dict:
+                     map_images: Path | None = None, correct: set[str] | None = None, inputs=()) -> dict:
     """Write the explanation PNG of ``answer`` (a Localizer answer for ``query_bgr``).
-    ``correct``: names of the right map images, when known, to mark each panel right/wrong.
+    ``correct``: names of the right map images, when known, to mark each panel right/wrong;
+    ``inputs``: files the command reads, which ``path`` must not be.
     Returns ``{"panels": [(x0, x1)], "pairs": [[(colour, query_seg, map_seg)]]}``."""
     bundle, frame = localizer.bundle, answer.frame
     grid = tuple(bundle.meta["engine"]["patch_grid"])
@@ -95,17 +97,16 @@ def save_explanation(localizer, query_bgr: np.ndarray, answer, path: str | Path,
         boxes.append((x, x + p.shape[1]))
         row += [p, gap]
         x += p.shape[1] + gap.shape[1]
-    write_png(path, np.hstack(row[:-1]))
+    write_png(path, np.hstack(row[:-1]), inputs)
     return {"panels": boxes, "pairs": layout_pairs}
 
 
-def write_png(path: str | Path, img: np.ndarray) -> None:
-    """Encode ``img`` as PNG and write it atomically (temporary file, rename); creates the folder."""
+def write_png(path: str | Path, img: np.ndarray, inputs=()) -> None:
+    """Encode ``img`` as PNG and write it atomically (files.write_bytes; never over one of
+    ``inputs`` or a special file); creates the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(f".{path.name}.tmp")
-    buf.tofile(tmp)
-    tmp.replace(path)
+    write_bytes(path, buf.tobytes(), inputs)

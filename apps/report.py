@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from segvlad_edge.apps.explain import write_png
+from segvlad_edge.files import atomic_write
 from segvlad_edge.runtime.images import ImageError, load_image
 
 COLOURS = [(200, 90, 30), (40, 160, 40), (30, 30, 210), (160, 40, 160)]     # BGR per method
@@ -67,7 +68,7 @@ def _thumb(root: Path, name: str | None, caption: str) -> np.ndarray:
 def failures_table(per_query: list[dict], root: Path, method: str, out: Path) -> int:
     """Write the failure PNG (first MAX_ROWS failures) and CSV (all); returns the number of failures."""
     failed = [q for q in per_query if q["first_correct"] != 0]
-    with open(out / f"failures-{method}.csv", "w", newline="", encoding="utf-8") as f:
+    with atomic_write(out / f"failures-{method}.csv", text=True) as f:
         w = csv.writer(f)
         w.writerow(["query", "answered", "first_correct_rank", "a_correct_map_image"])
         for q in failed:

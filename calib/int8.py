@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.engines.manifest import EngineError, EngineManifest
+from segvlad_edge.files import write_bytes
 from segvlad_edge.runtime.backends import require_tensorrt
 from segvlad_edge.runtime.features import normalise
 from segvlad_edge.runtime.images import ImageError, list_images, load_image
@@ -67,8 +68,6 @@ def make_calibrator(m: EngineManifest, images_dir: str | Path, cache_path: Path)
             return cache_path.read_bytes() if cache_path.is_file() else None
 
         def write_calibration_cache(self, cache) -> None:
-            tmp = cache_path.with_name(cache_path.name + ".tmp")
-            tmp.write_bytes(bytes(cache))
-            tmp.replace(cache_path)
+            write_bytes(cache_path, bytes(cache))
 
     return ImageFolderCalibrator()

@@ -2,7 +2,9 @@
 
 Each engine file (``X.onnx``, ``X.plan``) sits beside a JSON manifest ``X.onnx.json`` /
 ``X.plan.json``. The runtime opens engines only through :func:`load_manifest`, which checks
-the format version, the file's size and sha256, and the fields the runtime relies on.
+the format version, every field against one schema (``MANIFEST``, ``MODELS``: types, ranges,
+finiteness; the patch grid and the graph input agreeing with the input size), and the file's
+size and sha256.
 """
 from __future__ import annotations
 
@@ -13,12 +15,37 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from segvlad_edge.errors import SegvladError
+from segvlad_edge.files import open_regular, write_bytes
+from segvlad_edge.schema import FILE_NAME, Float, Int, Json, List, Obj, Optional, SchemaError, Str
+
 MANIFEST_VERSION = 1
 KINDS = ("dinov2", "sam_encoder", "sam_decoder")
 ENV_ENGINES = "SEGVLAD_ENGINES"
+MAX_MANIFEST_BYTES = 1 << 20
+HEX64 = Str(pattern=r"[0-9a-f]{64}")
+SIZE = List(Int(14, 8192), 2, 2)
+RGB = List(Float(-1e3, 1e3), 3, 3)
+RGB_STD = List(Float(1e-6, 1e3), 3, 3)
+MANIFEST = Obj({"kind": Str(KINDS), "file": FILE_NAME,
+                "file_sha256": HEX64, "file_bytes": Int(1, 1 << 40), "backend": Str(("onnx", "tensorrt")),
+                "precision": Str(("fp32", "fp16", "int8")),
+                "source": Obj({"format": Str(max_len=64), "name": Str(max_len=256), "path": Optional(Str()),
+                               "sha256": HEX64}, optional=("path",)),
+                "inputs": Json(), "outputs": Json(), "input_size": SIZE, "model": Json(), "versions": Json(),
+                "verification": Json(), "format_version": Int(MANIFEST_VERSION, MANIFEST_VERSION)},
+               optional=("versions", "verification"))
+MODELS = {   # what each kind's ``model`` facts must hold (other facts are kept, unchecked)
+    "dinov2": Obj({"patch_size": Int(1, 64), "patch_grid": List(Int(1, 1024), 2, 2), "block": Int(0, 255),
+                   "facet": Str(("query", "key", "value", "token")), "dim": Int(1, 16384), "mean": RGB,
+                   "std": RGB_STD, "arch": Str(max_len=64), "depth": Int(1, 256)}, optional=("arch", "depth")),
+    "sam_encoder": Obj({"mean": RGB, "std": RGB_STD, "arch": Str(max_len=64), "embedding_grid": List(Int(1, 1024), 2, 2),
+                        "mask_size": List(Int(1, 4096), 2, 2)}, optional=("embedding_grid", "mask_size")),
+}
+MODELS["sam_decoder"] = MODELS["sam_encoder"]
 
 
-class EngineError(RuntimeError):
+class EngineError(SegvladError, RuntimeError):
     """An engine or its manifest is missing, corrupted or does not fit the request."""
 
 
@@ -84,9 +111,7 @@ class EngineManifest:
     def write(self, manifest_path: str | os.PathLike) -> Path:
         """Write atomically beside the engine file."""
         manifest_path = Path(manifest_path)
-        tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, manifest_path)
+        write_bytes(manifest_path, self.to_json().encode())
         self.path = manifest_path
         return manifest_path
 
@@ -104,8 +129,12 @@ def load_manifest(path: str | os.PathLike, verify: bool = True) -> EngineManifes
     if not path.is_file():
         raise EngineError(f"no engine manifest at {path}; run `segvlad-edge build-engines`")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        with open_regular(path) as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise EngineError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")
+        raw = json.loads(text, parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise EngineError(f"{path}: unreadable manifest ({e})") from None
     if not isinstance(raw, dict):
         raise EngineError(f"{path}: manifest is not a JSON object")
@@ -113,17 +142,37 @@ def load_manifest(path: str | os.PathLike, verify: bool = True) -> EngineManifes
     if version != MANIFEST_VERSION:
         raise EngineError(f"{path}: manifest format {version!r} is not supported (expected {MANIFEST_VERSION})")
     try:
-        m = EngineManifest(**raw)
-    except TypeError as e:
-        raise EngineError(f"{path}: malformed manifest ({e})") from None
-    if m.kind not in KINDS:
-        raise EngineError(f"{path}: unknown engine kind {m.kind!r}")
-    if Path(m.file).name != m.file:
-        raise EngineError(f"{path}: engine file name {m.file!r} must not contain a folder")
+        check_manifest(raw)
+    except SchemaError as e:
+        raise EngineError(f"{path}: malformed manifest: {e}") from None
+    m = EngineManifest(**raw)
     m.path = path
     if verify:
         verify_engine_file(m)
     return m
+
+
+def _no_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
+
+
+def check_manifest(raw: dict) -> None:
+    """Every field by type and range, the kind's model facts, and their agreement: the patch
+    grid is the input size over the patch size, the recorded graph input is that size.
+    Raises SchemaError."""
+    MANIFEST.check(raw)
+    model = MODELS[raw["kind"]].check(raw["model"], "model")
+    w, h = raw["input_size"]
+    if raw["kind"] == "dinov2":
+        ps = model["patch_size"]
+        if list(model["patch_grid"]) != [h // ps, w // ps]:
+            raise SchemaError(f"model.patch_grid {list(model['patch_grid'])} does not fit input {w}x{h} "
+                              f"and patch size {ps}")
+        if "depth" in model and model["block"] >= model["depth"]:
+            raise SchemaError(f"model.block {model['block']} is past the last block ({model['depth'] - 1})")
+        image = raw["inputs"].get("image") if isinstance(raw["inputs"], dict) else None
+        if image is not None and image != [1, 3, h, w]:
+            raise SchemaError(f"inputs.image {image} does not match input_size {w}x{h}")
 
 
 def verify_engine_file(m: EngineManifest) -> None:

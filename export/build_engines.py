@@ -22,6 +22,7 @@ from segvlad_edge import __version__
 from segvlad_edge.engines.manifest import (EngineError, EngineManifest, load_manifest, manifest_path_for,
                                            sha256_file)
 from segvlad_edge.export import dinov2, sam
+from segvlad_edge.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +64,20 @@ def export_onnx(module: torch.nn.Module, inputs: dict[str, torch.Tensor], output
     import onnx
     import onnxruntime as ort
 
-    tmp = path.with_name(path.name + ".tmp")
     args = tuple(inputs.values())
     with torch.inference_mode():
         ref = module(*args)
     ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-    torch.onnx.export(module, args, str(tmp), input_names=list(inputs), output_names=output_names,
-                      dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    if simplify:
-        import onnxslim
-        onnx.save(onnxslim.slim(onnx.load(str(tmp))), str(tmp))
-    onnx.checker.check_model(str(tmp))
-    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    got = sess.run(output_names, {k: v.numpy() for k, v in inputs.items()})
-    diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.onnx.export(module, args, str(tmp), input_names=list(inputs), output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        if simplify:
+            import onnxslim
+            onnx.save(onnxslim.slim(onnx.load(str(tmp))), str(tmp))
+        onnx.checker.check_model(str(tmp))
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = sess.run(output_names, {k: v.numpy() for k, v in inputs.items()})
+        diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
     return diff
 
 

@@ -26,16 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from segvlad_edge.engines.manifest import sha256_file
+from segvlad_edge.errors import SourceError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FACETS = ("query", "key", "value", "token")
 IMGFOCUS_FILE = ("models", "vit_s_focus.onnx")
 ARCH_NAMES = {384: "vits14", 768: "vitb14", 1024: "vitl14", 1536: "vitg14"}
-
-
-class SourceError(ValueError):
-    """A checkpoint is missing, of an unknown format, or does not hold a DINOv2 ViT/14."""
 
 
 # --------------------------------------------------------------------------- model

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from segvlad_edge.engines.manifest import sha256_file
+from segvlad_edge.errors import SourceError
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -30,7 +31,7 @@ IMAGE_SIZE = 1024
 VIT_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 
-class SamSourceError(ValueError):
+class SamSourceError(SourceError):
     """A SAM/MobileSAM checkpoint is missing or not of a known architecture."""
 
 

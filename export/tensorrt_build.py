@@ -8,10 +8,10 @@ at module import time, so the rest of export works without it.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from segvlad_edge.engines.manifest import EngineError, EngineManifest, manifest_path_for, sha256_file
+from segvlad_edge.files import write_bytes
 from segvlad_edge.runtime.backends import require_tensorrt
 
 PROMPT_PROFILE = (1, 64, 256)    # decoder points per call: min, opt, max
@@ -65,12 +65,8 @@ def build_plan(m: EngineManifest, conf: dict) -> tuple[EngineManifest, str]:
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f"TensorRT failed to build {plan.name} (see the TensorRT log above)")
-    tmp = plan.with_name(plan.name + ".tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, plan)
-    timing_tmp = timing_path.with_name(timing_path.name + ".tmp")
-    timing_tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    os.replace(timing_tmp, timing_path)
+    write_bytes(plan, bytes(serialized))
+    write_bytes(timing_path, bytes(config.get_timing_cache().serialize()))
     out = EngineManifest(**{**m.__dict__, "path": None, "file": plan.name, "file_sha256": sha256_file(plan),
                             "file_bytes": plan.stat().st_size, "backend": "tensorrt", "precision": precision,
                             "versions": {**m.versions, "tensorrt": trt.__version__},

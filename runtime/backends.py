@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.engines.manifest import EngineError, EngineManifest
+from segvlad_edge.errors import SegvladError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ ORT_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecution
                  "cpu": "CPUExecutionProvider"}
 
 
-class BackendError(RuntimeError):
+class BackendError(SegvladError, RuntimeError):
     """A backend cannot be created or run here (missing package, device, or bad input)."""
 
 
@@ -65,6 +66,7 @@ class OrtBackend(Backend):
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=usable)
         except Exception as e:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime cannot load {path}: {e}") from None
+        self.name = Path(path).name
         self.provider = self.session.get_providers()[0]
         if self.provider != usable[0]:
             warnings.warn(f"onnxruntime runs {Path(path).name} on {self.provider}, not {usable[0]}", stacklevel=2)
@@ -72,7 +74,11 @@ class OrtBackend(Backend):
         self.outputs = {o.name: [d if isinstance(d, int) else None for d in o.shape] for o in self.session.get_outputs()}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.session.run(list(self.outputs), inputs)))
+        try:
+            return dict(zip(self.outputs, self.session.run(list(self.outputs), inputs)))
+        except Exception as e:  # onnxruntime raises its own exception types
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BackendError(f"engine {self.name}: onnxruntime failed: {text[:300]}") from None
 
 
 def require_tensorrt():

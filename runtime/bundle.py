@@ -9,11 +9,13 @@ The container (also used for domain fits, ``runtime/fitting.py``) is, little-end
     header        JSON     {"meta": {...}, "arrays": {name: {dtype, shape, offset, nbytes, sha256}}}
     arrays        raw      each at a 64-byte aligned offset
 
-``meta["format"]`` says what the file is ("segvlad-edge map" or "segvlad-edge domain").
+``meta["format"]`` says what the file is ("segvlad-edge map" or "segvlad-edge domain"). A map's
+header is checked against one schema (``META``, ``runtime/settings.py``, ``ARRAYS``): types,
+ranges, finiteness, safe names; its models (vocabulary, PCA, descriptors, calibration) are
+checked to be finite and non-degenerate.
 
 Every size is checked against the file before anything is allocated, every array against
-its sha256, and the arrays against each other, before a bundle is used. Writes go to a
-temporary file in the same folder, fsync'ed, then renamed over the target.
+its sha256, and the arrays against each other, before a bundle is used. Writes are atomic (``files.atomic_write``).
 """
 from __future__ import annotations
 
@@ -26,28 +28,63 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from segvlad_edge.errors import FileSafetyError, SegvladError, printable
+from segvlad_edge.files import atomic_write, open_regular
+from segvlad_edge.runtime.settings import Settings
+from segvlad_edge.schema import FILE_NAME, Int, Json, List, Obj, Optional, SchemaError, Str
+
 MAGIC = b"SEGVLAD-MAP\r\n\x1a\n\x00"
-FORMAT_VERSION = 2          # 2: vocabulary/PCA may come from a domain fit (meta["fit"])
+FORMAT_VERSION = 3          # 3: typed settings (pca_dims = the PCA asked for), header checked by one schema
 PREFIX = struct.Struct("<16sIQ32s")
 ALIGN = 64
 MAX_HEADER_BYTES = 64 << 20
+MAX_IMAGES = 100_000_000
 DTYPES = {"float16", "float32", "int32", "uint8"}
-REQUIRED = {"descriptors": "float16", "segments_per_image": "int32", "segment_labels": "uint8"}
+ARRAYS = {   # name: (dtype, rank, required); one line per array a map bundle may hold
+    "descriptors": ("float16", 2, True), "segments_per_image": ("int32", 1, True),
+    "segment_labels": ("uint8", 2, True), "vocab_centers": ("float32", 2, False),
+    "pca_mean": ("float32", 1, False), "pca_components": ("float16", 2, False), "pca_scale": ("float32", 1, False),
+    "calib_negatives": ("float32", 1, False),
+}
+HEX64 = Str(pattern=r"[0-9a-f]{64}")
+GRID = List(Int(1, 1024), 2, 2)
+ENGINE = Obj({"source_sha256": HEX64, "input_size": List(Int(14, 16384), 2, 2), "patch_size": Int(1, 64),
+              "block": Int(0, 255), "facet": Str(("query", "key", "value", "token")), "dim": Int(1, 16384),
+              "patch_grid": GRID, "file": FILE_NAME, "source_name": Optional(Str(max_len=256))})
+FITS = {"map": Obj({"source": Str(("map",)), "images": Int(0, MAX_IMAGES)}),
+        "domain": Obj({"source": Str(("domain",)), "file": FILE_NAME, "sha256": HEX64, "settings": Json(),
+                       "images": Optional(Int(0, MAX_IMAGES)), "sources": Optional(List(Str()))},
+                      optional=("images", "sources"))}
+IMAGE = Obj({"name": Str(max_len=4096), "meta": Json()}, optional=("meta",))
+META = Obj({"format": Str(("segvlad-edge map",)), "format_version": Int(FORMAT_VERSION, FORMAT_VERSION),
+            "created": Str(max_len=64), "created_by": Str(max_len=256), "engine": ENGINE, "settings": Json(),
+            "fit": Json(), "images": List(IMAGE, 1, MAX_IMAGES), "images_root": Str()}, optional=("images_root",))
 
 
-class BundleError(ValueError):
+class BundleError(SegvladError, ValueError):
     """A map bundle is unreadable, corrupted, inconsistent or not for this engine."""
+
+
+def check_name(name, where="image") -> str:
+    """An image name a bundle may store: relative, POSIX, no ``..``, no backslash, no control
+    characters. Raises BundleError naming it escaped."""
+    p = PurePosixPath(name) if isinstance(name, str) else None
+    if p is None or not name or p.is_absolute() or ".." in p.parts or "\\" in name \
+            or any(not c.isprintable() for c in name):
+        raise BundleError(f"{where}: unsafe or invalid image name {printable(repr(name))}")
+    return name
 
 
 @dataclass
 class MapBundle:
     """``meta``: JSON-able facts (format, engine signature, settings, image table with metadata);
-    ``arrays``: ``descriptors [N, d] float16``, ``segments_per_image [I] int32``,
+    ``arrays`` (``ARRAYS``): ``descriptors [N, d] float16``, ``segments_per_image [I] int32``,
     ``segment_labels [I, h*w] uint8`` (base segment of each patch, 255 = none) and, when
     ``meta["fit"]["source"] == "map"``, ``vocab_centers [K, D] float32``, ``pca_mean [K*D]``,
-    ``pca_components [d, K*D]``, ``pca_scale [d]``; a domain-fitted bundle instead names the
-    domain file kept beside the engines and its sha256 in ``meta["fit"]``; ``calib_negatives
-    [<=I] float32`` calibrates the confidence (runtime/confidence.py)."""
+    ``pca_components [d, K*D] float16``, ``pca_scale [d]`` (d <= settings.pca_dims); a
+    domain-fitted bundle instead names the domain file kept beside the engines and its sha256 in
+    ``meta["fit"]``; ``calib_negatives [<=I] float32`` (sorted, in [0, 1]) calibrates the
+    confidence (runtime/confidence.py)."""
 
     meta: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -59,16 +96,20 @@ class MapBundle:
         return self.meta["images"]
 
     @property
+    def settings(self) -> Settings:
+        return Settings.parse(self.meta["settings"])
+
+    @property
     def segment_image(self) -> np.ndarray:
         """``[N] int64`` map image of each segment."""
         counts = self.arrays["segments_per_image"]
         return np.repeat(np.arange(len(counts)), counts)
 
     # ------------------------------------------------------------------ write / read
-    def write(self, path: str | os.PathLike) -> int:
-        """Write atomically; returns the file size in bytes."""
+    def write(self, path: str | os.PathLike, inputs=()) -> int:
+        """Write atomically (never over one of ``inputs``); returns the file size in bytes."""
         self.validate()
-        size = write_arrays(path, self.meta, self.arrays)
+        size = write_arrays(path, self.meta, self.arrays, inputs)
         self.path = Path(path)
         return size
 
@@ -76,89 +117,117 @@ class MapBundle:
     def read(cls, path: str | os.PathLike) -> "MapBundle":
         meta, arrays = read_arrays(path, "map bundle")
         if meta.get("format") != "segvlad-edge map":
-            raise BundleError(f"{path}: a {meta.get('format')!r} file, not a map bundle")
+            raise BundleError(f"{path}: a {printable(repr(meta.get('format')))} file, not a map bundle")
         bundle = cls(meta, arrays, Path(path))
         bundle.validate()
         return bundle
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        """Internal consistency; raises BundleError naming the first problem."""
+        """The header against the schema, the arrays against ``ARRAYS`` and each other, the
+        models for finiteness; raises BundleError naming the first problem."""
         where = self.path or "bundle"
-        m, a = self.meta, self.arrays
-        for name, dtype in REQUIRED.items():
-            if name not in a:
-                raise BundleError(f"{where}: array {name!r} is missing")
-            if a[name].dtype.name != dtype:
-                raise BundleError(f"{where}: array {name!r} is {a[name].dtype.name}, expected {dtype}")
-        images = m.get("images")
-        if not isinstance(images, list) or not images:
-            raise BundleError(f"{where}: the image table is empty or missing")
-        for img in images:
-            name = img.get("name") if isinstance(img, dict) else None
-            if not isinstance(name, str) or not name or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts \
-                    or "\\" in name or "\x00" in name:
-                raise BundleError(f"{where}: unsafe or invalid image name {name!r}")
+        try:
+            META.check(self.meta)
+            settings = Settings.parse(self.meta["settings"])
+            fit = self.meta["fit"]
+            FITS[Str(tuple(FITS)).check(fit.get("source") if isinstance(fit, dict) else fit, "fit.source")].check(
+                fit, "fit")
+        except SchemaError as e:
+            raise BundleError(f"{where}: header: {e}") from None
+        for img in self.images:
+            check_name(img["name"], where)
+        self._check_arrays(where)
+        a, m = self.arrays, self.meta
         desc, counts, labels = a["descriptors"], a["segments_per_image"], a["segment_labels"]
-        if desc.ndim != 2 or counts.ndim != 1 or labels.ndim != 2:
-            raise BundleError(f"{where}: descriptor/segment table arrays have the wrong rank")
-        if len(counts) != len(images) or len(labels) != len(images):
-            raise BundleError(f"{where}: segment table has {len(counts)} images, image table {len(images)}")
+        n_img = len(self.images)
+        if len(counts) != n_img or len(labels) != n_img:
+            raise BundleError(f"{where}: segment table has {len(counts)} images, image table {n_img}")
         if (counts < 0).any() or int(counts.sum(dtype=np.int64)) != len(desc):
             raise BundleError(f"{where}: segment table points past the descriptors ({int(counts.sum())} vs {len(desc)})")
         used = labels != 255
         top_label = np.where(used, labels, 0).max(1, initial=0)
         if (used.any(1) & (top_label >= np.minimum(counts, 255))).any():
             raise BundleError(f"{where}: segment labels point past their image's segments (segment table out of order)")
-        grid = m.get("engine", {}).get("patch_grid")
-        if not grid or labels.shape[1] != grid[0] * grid[1]:
+        e = m["engine"]
+        grid = list(e["patch_grid"])
+        if grid != [e["input_size"][1] // e["patch_size"], e["input_size"][0] // e["patch_size"]]:
+            raise BundleError(f"{where}: patch grid {grid} does not fit input {e['input_size']} / patch {e['patch_size']}")
+        if labels.shape[1] != grid[0] * grid[1]:
             raise BundleError(f"{where}: segment label maps do not match the engine's patch grid {grid}")
-        if not isinstance(m.get("settings"), dict):
-            raise BundleError(f"{where}: settings are missing")
-        dims = m["settings"].get("pca_dims")
-        if desc.shape[1] != dims:
-            raise BundleError(f"{where}: descriptors have {desc.shape[1]} dims, settings say PCA {dims}")
+        if not _finite_rows(desc).all():
+            raise BundleError(f"{where}: descriptors that are not finite or all zero")
         calib = a.get("calib_negatives")
-        if calib is not None and (calib.dtype != np.float32 or calib.ndim != 1 or len(calib) > len(images)
-                                  or not np.all(np.isfinite(calib))):
-            raise BundleError(f"{where}: confidence calibration table is malformed")
-        fit = m.get("fit")
-        if not isinstance(fit, dict) or fit.get("source") not in ("map", "domain"):
-            raise BundleError(f"{where}: the vocabulary/PCA source ('fit') is missing or unknown")
-        if fit["source"] == "domain":
-            file = fit.get("file")
-            if not isinstance(fit.get("sha256"), str) or not isinstance(fit.get("settings"), dict) \
-                    or not isinstance(file, str) or not file or PurePosixPath(file).name != file or "\\" in file:
-                raise BundleError(f"{where}: domain fit reference is incomplete or names an unsafe file")
+        if calib is not None and (len(calib) > n_img or not np.all((calib >= 0) & (calib <= 1))
+                                  or np.any(np.diff(calib) < 0)):
+            raise BundleError(f"{where}: confidence calibration table is malformed (not sorted in [0, 1])")
+        if m["fit"]["source"] == "domain":
+            if m["fit"]["settings"] != settings.fit_part():
+                raise BundleError(f"{where}: domain fit settings {m['fit']['settings']} disagree with the map's")
+            if any(n in a for n in ("vocab_centers", "pca_mean", "pca_components", "pca_scale")):
+                raise BundleError(f"{where}: a domain-fitted bundle holds its own vocabulary/PCA")
             return
-        check_models(a, m["settings"], desc.shape[1], where)
+        check_models(a, settings, desc.shape[1], where)
+
+    def _check_arrays(self, where) -> None:
+        for name, arr in self.arrays.items():
+            if name not in ARRAYS:
+                raise BundleError(f"{where}: unknown array {printable(repr(name))}")
+            dtype, rank, _ = ARRAYS[name]
+            if arr.dtype.name != dtype or arr.ndim != rank:
+                raise BundleError(f"{where}: array {name!r} is {arr.dtype.name} rank {arr.ndim}, expected {dtype} "
+                                  f"rank {rank}")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise BundleError(f"{where}: array {name!r} holds NaN or infinite values")
+        missing = [n for n, (_, _, required) in ARRAYS.items() if required and n not in self.arrays]
+        if missing:
+            raise BundleError(f"{where}: array {missing[0]!r} is missing")
 
 
-def check_models(a: dict, settings: dict, dims: int | None, where) -> None:
-    """Vocabulary and PCA arrays agree with each other and with the descriptor dimension ``dims``
-    (None: no descriptors to compare with, as in a domain file)."""
-    if "vocab_centers" not in a or a["vocab_centers"].ndim != 2 or a["vocab_centers"].dtype != np.float32:
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    """``[N] bool``: rows that are finite and not all zero."""
+    x = x.astype(np.float32)
+    return np.isfinite(x).all(1) & (np.abs(x).max(1, initial=0) > 0)
+
+
+def check_models(a: dict, settings: Settings, dims: int | None, where) -> None:
+    """Vocabulary and PCA arrays: finite, non-degenerate (no zero centre, component or scale),
+    agreeing with each other, with ``settings`` (vocabulary size; PCA asked for or not, at most
+    its dimension) and with the descriptor dimension ``dims`` (None: no descriptors, as in a
+    domain file)."""
+    v = a.get("vocab_centers")
+    if v is None or v.ndim != 2 or v.dtype != np.float32 or not v.size:
         raise BundleError(f"{where}: vocabulary is missing or malformed")
-    k, d = a["vocab_centers"].shape
-    if k != settings.get("vocab_k"):
-        raise BundleError(f"{where}: vocabulary has {k} words, settings say {settings.get('vocab_k')}")
-    if settings.get("pca"):
-        for name in ("pca_mean", "pca_components", "pca_scale"):
-            if name not in a:
-                raise BundleError(f"{where}: PCA array {name!r} is missing")
-        dims = a["pca_components"].shape[0] if dims is None else dims
-        if a["pca_components"].shape != (dims, k * d) or a["pca_mean"].shape != (k * d,) \
-                or a["pca_scale"].shape != (dims,):
-            raise BundleError(f"{where}: PCA shapes disagree with the vocabulary and the index dimension")
-    elif dims is not None and dims != k * d:
-        raise BundleError(f"{where}: descriptors have {dims} dims, the vocabulary gives {k * d}")
+    k, d = v.shape
+    if k != settings.vocab_k:
+        raise BundleError(f"{where}: vocabulary has {k} words, settings say {settings.vocab_k}")
+    if not _finite_rows(v).all():
+        raise BundleError(f"{where}: vocabulary centres that are not finite or all zero")
+    pca = [n for n in ("pca_mean", "pca_components", "pca_scale") if n in a]
+    if settings.pca_dims is None:
+        if pca:
+            raise BundleError(f"{where}: PCA arrays in a bundle whose settings ask for no PCA")
+        if dims is not None and dims != k * d:
+            raise BundleError(f"{where}: descriptors have {dims} dims, the vocabulary gives {k * d}")
+        return
+    if len(pca) != 3:
+        raise BundleError(f"{where}: PCA array {({'pca_mean', 'pca_components', 'pca_scale'} - set(pca)).pop()!r} "
+                          "is missing")
+    comps, mean, scale = a["pca_components"], a["pca_mean"], a["pca_scale"]
+    dims = comps.shape[0] if dims is None else dims
+    if comps.shape != (dims, k * d) or mean.shape != (k * d,) or scale.shape != (dims,) \
+            or not 1 <= dims <= settings.pca_dims:
+        raise BundleError(f"{where}: PCA shapes disagree with the vocabulary, the settings (PCA {settings.pca_dims}) "
+                          "and the descriptor dimension")
+    if not np.isfinite(mean).all() or not _finite_rows(comps).all() or not (scale > 0).all():
+        raise BundleError(f"{where}: PCA is degenerate (non-finite values, a zero component or a zero scale)")
 
 
 # ---------------------------------------------------------------------- the container
-def write_arrays(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> int:
-    """Write ``meta`` + ``arrays`` in the container layout above, atomically (temporary file in
-    the same folder, fsync, rename). Returns the file size in bytes."""
-    path = Path(path)
+def write_arrays(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray], inputs=()) -> int:
+    """Write ``meta`` + ``arrays`` in the container layout above, atomically (files.atomic_write:
+    temporary file, fsync, rename; never over one of ``inputs`` or a special file). Returns the
+    file size in bytes."""
     entries, offset, end, blobs = {}, 0, 0, []
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
@@ -168,24 +237,16 @@ def write_arrays(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarr
         blobs.append(data)
         end = offset + len(data)
         offset += -(-len(data) // ALIGN) * ALIGN
-    header = json.dumps({"meta": meta, "arrays": entries, "data_bytes": end}, sort_keys=True).encode()
+    header = json.dumps({"meta": meta, "arrays": entries, "data_bytes": end}, sort_keys=True, allow_nan=False).encode()
     start = -(-(PREFIX.size + len(header)) // ALIGN) * ALIGN
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest()))
-            f.write(header)
-            for entry, data in zip(entries.values(), blobs):
-                f.seek(start + entry["offset"])
-                f.write(data)
-            f.truncate(start + end)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
+    with atomic_write(path, inputs) as f:
+        f.write(PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest()))
+        f.write(header)
+        for entry, data in zip(entries.values(), blobs):
+            f.seek(start + entry["offset"])
+            f.write(data)
+        f.truncate(start + end)
+    return Path(path).stat().st_size
 
 
 def read_arrays(path: str | os.PathLike, what: str = "map bundle") -> tuple[dict, dict[str, np.ndarray]]:
@@ -193,9 +254,10 @@ def read_arrays(path: str | os.PathLike, what: str = "map bundle") -> tuple[dict
     checksum after reading. ``what`` names the file kind in error messages."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            return _read(f, size, path, what)
+        with open_regular(path) as f:
+            return _read(f, os.fstat(f.fileno()).st_size, path, what)
+    except FileSafetyError:
+        raise
     except OSError as e:
         raise BundleError(f"{path}: cannot read {what} ({e.strerror or e})") from None
 
@@ -217,7 +279,7 @@ def _read(f, size: int, path: Path, what: str) -> tuple[dict, dict]:
     if hashlib.sha256(header).digest() != header_sha:
         raise BundleError(f"{path}: header checksum mismatch: corrupted")
     try:
-        doc = json.loads(header)
+        doc = json.loads(header, parse_constant=_no_constant)
         meta, entries = doc["meta"], doc["arrays"]
         if not isinstance(meta, dict) or not isinstance(entries, dict):
             raise TypeError("meta/arrays are not objects")
@@ -229,6 +291,10 @@ def _read(f, size: int, path: Path, what: str) -> tuple[dict, dict]:
         raise BundleError(f"{path}: {size - start} data bytes after the header, header says {data_bytes!r}: "
                           "truncated or extended")
     return meta, {name: _read_array(f, path, name, e, start, size) for name, e in entries.items()}
+
+
+def _no_constant(name: str):
+    raise ValueError(f"non-finite number {name} in the header")
 
 
 def _read_array(f, path: Path, name: str, e: dict, start: int, size: int) -> np.ndarray:

@@ -4,7 +4,8 @@
   the map is every image named in those lists;
 * ``places.json``: image -> place id; every image is a query against all the others;
 * VPR-Bench: ``ref/``, ``query/``, ``ground_truth_new.npy`` (a pickled object array, read
-  with a restricted unpickler that accepts numbers, lists and numpy arrays only);
+  with a restricted unpickler that accepts numbers, lists and numpy arrays only, of at most
+  ``MAX_GT_ITEMS`` items; rows ``(query index, positive index or list of them)``);
 * VPR-methods-evaluation: ``database/`` + ``queries/`` with UTM in file names
   (``@utm_east@utm_north@...``), positives within 25 m.
 """
@@ -19,13 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from segvlad_edge.errors import SegvladError, printable
+from segvlad_edge.files import read_regular
 from segvlad_edge.runtime.images import list_images
 from segvlad_edge.runtime.metadata import from_name
 
 UTM_RADIUS_M = 25.0
+MAX_GT_BYTES = 64 << 20         # a ground-truth file larger than this is not one
+MAX_GT_ITEMS = 10_000_000       # most array items the restricted unpickler builds
 
 
-class DatasetError(ValueError):
+class DatasetError(SegvladError, ValueError):
     """A dataset folder has no ground truth in a known layout, or it is malformed."""
 
 
@@ -46,20 +51,27 @@ class Dataset:
 
 
 def _inside(root: Path, rel: str) -> Path:
+    if not isinstance(rel, str) or not rel:
+        raise DatasetError(f"{root}: ground-truth path {printable(repr(rel))} is not a file name")
     p = (root / rel).resolve()
-    if not isinstance(rel, str) or root.resolve() not in p.parents:
+    if root.resolve() not in p.parents:
         raise DatasetError(f"{root}: ground-truth path {rel!r} points outside the dataset")
     if not p.is_file():
-        raise DatasetError(f"{root}: ground-truth image {rel} does not exist")
+        raise DatasetError(f"{root}: ground-truth image {printable(rel)} does not exist")
     return root / rel
 
 
-def _from_gt_json(root: Path) -> Dataset:
+def _read_json(path: Path):
     try:
-        gt = json.loads((root / "gt.json").read_text())
+        return json.loads(read_regular(path, MAX_GT_BYTES, "ground-truth file"))
     except (OSError, ValueError) as e:
-        raise DatasetError(f"{root / 'gt.json'}: unreadable ({e})") from None
-    if not isinstance(gt, dict) or not all(isinstance(v, list) for v in gt.values()):
+        raise DatasetError(f"{path}: unreadable ({printable(e)})") from None
+
+
+def _from_gt_json(root: Path) -> Dataset:
+    gt = _read_json(root / "gt.json")
+    if not isinstance(gt, dict) or not all(isinstance(v, list) and all(isinstance(m, str) for m in v)
+                                           for v in gt.values()):
         raise DatasetError(f"{root / 'gt.json'}: expected {{query path: [map paths]}}")
     map_names = sorted({m for v in gt.values() for m in v})
     index = {n: i for i, n in enumerate(map_names)}
@@ -69,12 +81,10 @@ def _from_gt_json(root: Path) -> Dataset:
 
 
 def _from_places(root: Path) -> Dataset:
-    try:
-        places = json.loads((root / "places.json").read_text())
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{root / 'places.json'}: unreadable ({e})") from None
-    if not isinstance(places, dict):
-        raise DatasetError(f"{root / 'places.json'}: expected {{image path: place id}}")
+    places = _read_json(root / "places.json")
+    if not isinstance(places, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                               for v in places.values()):
+        raise DatasetError(f"{root / 'places.json'}: expected {{image path: place id (a string or an integer)}}")
     names = sorted(places)
     maps = [_inside(root, n) for n in names]
     by_place: dict[str, set[int]] = {}
@@ -82,39 +92,67 @@ def _from_places(root: Path) -> Dataset:
         by_place.setdefault(str(places[n]), set()).add(i)
     positives = [by_place[str(places[n])] - {i} for i, n in enumerate(names)]
     keep = [i for i, p in enumerate(positives) if p]
+    if not keep:
+        raise DatasetError(f"{root / 'places.json'}: no two images share a place, so no image can be a query")
     return Dataset(root, "places.json", maps, [maps[i] for i in keep], [positives[i] for i in keep], keep)
 
 
+def _bounded(make, shape_arg: int):
+    """``make`` (np.ndarray or numpy's _reconstruct) refusing shapes over MAX_GT_ITEMS items."""
+    def checked(*args):
+        shape = args[shape_arg] if len(args) > shape_arg else ()
+        shape = (shape,) if isinstance(shape, int) else shape
+        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape) \
+                or int(np.prod(shape, dtype=object)) > MAX_GT_ITEMS:
+            raise DatasetError(f"ground-truth pickle asks for an array of shape {printable(repr(shape))[:60]}: refused "
+                               f"(at most {MAX_GT_ITEMS} items)")
+        return make(*args)
+    return checked
+
+
 class _GroundTruthUnpickler(pickle.Unpickler):
-    """Only what a numpy object array of numbers and lists needs; anything else is refused."""
+    """Only what a numpy object array of numbers and lists needs, of at most MAX_GT_ITEMS items;
+    anything else is refused."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
-            raise DatasetError(f"ground-truth pickle wants {module}.{name}: refused (only numbers and lists are allowed)")
+            raise DatasetError(f"ground-truth pickle wants {printable(module)}.{printable(name)}: refused "
+                               "(only numbers and lists are allowed)")
         if name == "_reconstruct":
             from numpy._core.multiarray import _reconstruct
-            return _reconstruct
-        return getattr(np, name)
+            return _bounded(_reconstruct, 1)
+        return _bounded(np.ndarray, 0) if name == "ndarray" else np.dtype
 
 
 def load_object_npy(path: Path) -> np.ndarray:
-    """Read a ``.npy`` holding a pickled object array without executing arbitrary code."""
-    data = path.read_bytes()
-    if not data.startswith(b"\x93NUMPY"):
+    """Read a ``.npy`` (a pickled object array or a plain one) without executing arbitrary code
+    and without allocating more than MAX_GT_ITEMS items."""
+    try:
+        data = read_regular(path, MAX_GT_BYTES, "ground-truth file")
+    except OSError as e:
+        raise DatasetError(f"{path}: unreadable ({printable(e)})") from None
+    if not data.startswith(b"\x93NUMPY") or len(data) < 12:
         raise DatasetError(f"{path}: not a .npy file")
-    major = data[6]
-    hlen_size = 2 if major == 1 else 4
+    hlen_size = 2 if data[6] == 1 else 4
     hlen = int.from_bytes(data[8:8 + hlen_size], "little")
     start = 8 + hlen_size + hlen
     try:
         header = ast.literal_eval(data[8 + hlen_size:start].decode("latin1"))
-    except (ValueError, SyntaxError):
-        raise DatasetError(f"{path}: malformed .npy header") from None
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        header = None
+    if not isinstance(header, dict) or not isinstance(header.get("descr"), str):
+        raise DatasetError(f"{path}: malformed .npy header")
     if header.get("descr") != "|O":
-        return np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as e:
+            raise DatasetError(f"{path}: unreadable .npy ({printable(e)})") from None
+        if arr.dtype.kind not in "iu":
+            raise DatasetError(f"{path}: ground truth of {arr.dtype} is not integers")
+        return arr
     try:
         arr = _GroundTruthUnpickler(io.BytesIO(data[start:])).load()
     except DatasetError:
@@ -124,8 +162,8 @@ def load_object_npy(path: Path) -> np.ndarray:
     if not isinstance(arr, np.ndarray):
         raise DatasetError(f"{path}: ground truth is not an array")
     for v in arr.ravel():
-        items = v if isinstance(v, list) else [v]
-        if not all(isinstance(x, (int, np.integer)) for x in items):
+        items = v if isinstance(v, (list, np.ndarray)) else [v]
+        if not all(isinstance(x, (int, np.integer)) for x in np.ravel(np.asarray(items, dtype=object))):
             raise DatasetError(f"{path}: ground truth holds something other than integers and lists")
     return arr
 
@@ -133,11 +171,12 @@ def load_object_npy(path: Path) -> np.ndarray:
 def _from_vpr_bench(root: Path) -> Dataset:
     refs, queries = list_images(root / "ref"), list_images(root / "query")
     arr = load_object_npy(root / "ground_truth_new.npy")
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise DatasetError(f"{root}: ground_truth_new.npy should be [queries, 2]")
+    if arr.ndim != 2 or arr.shape[1] != 2 or not len(arr):
+        raise DatasetError(f"{root}: ground_truth_new.npy should be [queries, 2] (query index, positives)")
     qs, pos = [], []
     for q, p in arr:
-        if not 0 <= int(q) < len(queries) or any(not 0 <= int(i) < len(refs) for i in p):
+        p = np.ravel(np.asarray(p, dtype=object))        # one positive or a list of them
+        if np.ndim(q) or not 0 <= int(q) < len(queries) or any(not 0 <= int(i) < len(refs) for i in p):
             raise DatasetError(f"{root}: ground truth refers to images that do not exist")
         qs.append(queries[int(q)])
         pos.append({int(i) for i in p})
@@ -166,6 +205,13 @@ def load_dataset(root: str | Path) -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
+    ds = _load(root)
+    if not ds.queries or not ds.map_images:
+        raise DatasetError(f"{root} [{ds.layout}]: no queries or no map images in the ground truth")
+    return ds
+
+
+def _load(root: Path) -> Dataset:
     if (root / "gt.json").is_file():
         return _from_gt_json(root)
     if (root / "places.json").is_file():

@@ -40,6 +40,11 @@ class DenseFeatureExtractor:
         self.size = tuple(manifest.input_size)
         self.grid = tuple(manifest.model["patch_grid"])
         self.dim = int(manifest.model["dim"])
+        graph = self.backend.inputs.get("image")
+        want = [1, 3, self.size[1], self.size[0]]
+        if graph is None or len(graph) != 4 or any(g is not None and g != w for g, w in zip(graph, want)):
+            raise EngineError(f"{manifest.file}: the graph takes image {graph}, its manifest says {want} "
+                              "(input_size); rebuild the engine with `segvlad-edge build-engines --force`")
 
     def preprocess(self, image_bgr: np.ndarray) -> np.ndarray:
         return normalise(image_bgr, self.size, self.manifest.model["mean"], self.manifest.model["std"], 1 / 255)

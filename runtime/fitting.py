@@ -16,7 +16,7 @@ a killed build resumes) and ``fit_models`` (streamed fitting).
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,56 +25,88 @@ import numpy as np
 from tqdm import tqdm
 
 from segvlad_edge import __version__
+from segvlad_edge.errors import SegvladError
+from segvlad_edge.files import atomic_write, check_output
 from segvlad_edge.runtime.bundle import BundleError, check_models, read_arrays, write_arrays
 from segvlad_edge.runtime.features import FeatureMap
-from segvlad_edge.runtime.images import ImageError, load_image
+from segvlad_edge.runtime.images import ImageError, decode_image, read_image_bytes
 from segvlad_edge.runtime.pca import Pca
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
 from segvlad_edge.runtime.supersegments import SuperSegments
 from segvlad_edge.runtime.vlad import Vocabulary
 
 DOMAIN_FORMAT = "segvlad-edge domain"
-FIT_KEYS = ("segmenter", "order", "vocab_k", "pca_dims", "whiten")   # settings a fit depends on
 FIT_CHOICES = ("auto", "map", "domain")
 MIN_MAP_FIT_IMAGES = 50
 MAX_VOCAB_PATCHES = 100_000
 MAX_PCA_ROWS = 20_000
 
 
-class FitError(RuntimeError):
+class FitError(SegvladError, RuntimeError):
     """No usable images, or no domain fit where one was asked for."""
 
 
 # ---------------------------------------------------------------------- pass 1: frames
-def _work_file(work: Path, name: str) -> Path:
-    return work / (hashlib.sha1(name.encode()).hexdigest()[:20] + ".npz")
+def frame_key(pipeline: FramePipeline) -> bytes:
+    """What a frame's features and segments depend on besides the image: the engine's feature
+    signature and the segmenter settings."""
+    c = pipeline.conf
+    facts = {"engine": pipeline.extractor.manifest.feature_signature(), "segmenter": c.segmenter,
+             "segmenter_conf": c.segmenter_conf}
+    return json.dumps(facts, sort_keys=True).encode()
+
+
+def _work_file(work: Path, image: bytes, key: bytes) -> Path:
+    """Work file of one image: named by the sha256 of its contents and of ``key``, so a work
+    folder left by another build (other images under the same names, another engine or
+    segmenter) is never reused for this one."""
+    return work / (hashlib.sha256(key + b"\0" + image).hexdigest()[:32] + ".npz")
 
 
 def load_frame(path: Path, order: int) -> FrameSegments:
+    """A frame from its work file; raises ValueError/OSError (and zipfile's errors) if it is
+    truncated or malformed."""
     with np.load(path, allow_pickle=False) as z:
         feats, masks, grid = z["features"].astype(np.float32), z["masks"], tuple(int(g) for g in z["grid"])
+    if len(grid) != 2 or feats.ndim != 2 or feats.shape[0] != grid[0] * grid[1] or masks.dtype != bool \
+            or masks.ndim != 2 or masks.shape[1] != feats.shape[0]:
+        raise ValueError(f"{path.name}: malformed work file")
     return FrameSegments(FeatureMap(feats, grid), masks, SuperSegments.from_masks(masks, grid, order))
 
 
+def _reusable(path: Path) -> bool:
+    """A work file from an earlier run that reads back whole (a truncated one is redone)."""
+    if not path.is_file():
+        return False
+    try:
+        load_frame(path, 0)
+        return True
+    except Exception:              # any way a cut or garbled .npz fails to read: redo it
+        path.unlink(missing_ok=True)
+        return False
+
+
 def _save_frame(path: Path, frame: FrameSegments) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, features=frame.fmap.features.astype(np.float16), masks=frame.masks,
-             grid=np.asarray(frame.fmap.grid, np.int32))
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.savez(f, features=frame.fmap.features.astype(np.float16), masks=frame.masks,
+                 grid=np.asarray(frame.fmap.grid, np.int32))
 
 
 def extract_frames(images: list[tuple[str, Path]], work: Path, pipeline: FramePipeline, progress: bool = True):
-    """Features + segments of each image into ``work/`` (skipping images already there).
-    Returns ``kept [(name, work file)]``, ``skipped [(name, reason)]``, ``stage_ms {stage: total ms}``."""
+    """Features + segments of each image into ``work/`` (reusing the work files of an earlier,
+    interrupted run of the same images, engine and segmenter). Returns ``kept [(name, work
+    file)]``, ``skipped [(name, reason)]``, ``stage_ms {stage: total ms}``."""
     kept, skipped, stage_ms = [], [], {}
     work.mkdir(parents=True, exist_ok=True)
+    key = frame_key(pipeline)
     for name, path in tqdm(images, desc="features+segments", unit="img", disable=not progress):
-        wf = _work_file(work, name)
-        if wf.is_file():
-            kept.append((name, wf))
-            continue
         try:
-            image = load_image(path)
+            data = read_image_bytes(path)
+            wf = _work_file(work, data, key)
+            if _reusable(wf):
+                kept.append((name, wf))
+                continue
+            image = decode_image(data, name)
         except ImageError as e:
             skipped.append((name, str(e)))
             continue
@@ -96,18 +128,26 @@ def _sample_rows(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 def fit_models(pipeline: FramePipeline, frames: Callable[[], Iterable[FrameSegments]], n_images: int,
                rng: np.random.Generator, progress: bool = False) -> None:
     """Set ``pipeline.vocab`` (k-means on at most MAX_VOCAB_PATCHES sampled patch features) and,
-    unless ``pipeline.conf["pca_dims"]`` is None, ``pipeline.pca`` (on at most MAX_PCA_ROWS sampled
-    SuperSegment VLADs). ``frames()`` streams the frames; it is called once per fit."""
+    unless ``pipeline.conf.pca_dims`` is None, ``pipeline.pca`` (on at most MAX_PCA_ROWS sampled
+    SuperSegment VLADs). ``frames()`` streams the frames; it is called once per fit. Raises
+    FitError when the frames hold too few patches or SuperSegments to fit on."""
     conf = pipeline.conf
     per_image = max(1, MAX_VOCAB_PATCHES // n_images)
-    sample = [_sample_rows(f.fmap.features, per_image, rng) for f in frames()]
-    pipeline.vocab = Vocabulary.fit(np.concatenate(sample), conf["vocab_k"])
+    sample = np.concatenate([_sample_rows(f.fmap.features, per_image, rng) for f in frames()])
+    if len(sample) < conf.vocab_k:
+        raise FitError(f"{len(sample)} patch features are too few for a {conf.vocab_k}-word vocabulary; "
+                       "use more images or a domain fit")
+    pipeline.vocab = Vocabulary.fit(sample, conf.vocab_k)
     del sample
-    if conf["pca_dims"]:
+    if conf.pca_dims:
         per_image = max(1, MAX_PCA_ROWS // n_images)
-        rows = [_sample_rows(pipeline.vlad(f), per_image, rng)
-                for f in tqdm(frames(), total=n_images, desc="fit PCA", unit="img", disable=not progress)]
-        pipeline.pca = Pca.fit(np.concatenate(rows), conf["pca_dims"], whiten=conf["whiten"])
+        rows = np.concatenate([_sample_rows(pipeline.vlad(f), per_image, rng)
+                               for f in tqdm(frames(), total=n_images, desc="fit PCA", unit="img",
+                                             disable=not progress)])
+        if len(rows) < 2:
+            raise FitError(f"{len(rows)} SuperSegment(s) are too few to fit a PCA; use more images, a domain fit "
+                           "or --pca-dims 0")
+        pipeline.pca = Pca.fit(rows, conf.pca_dims, whiten=conf.whiten)
 
 
 def model_arrays(pipeline: FramePipeline) -> dict[str, np.ndarray]:
@@ -132,28 +172,25 @@ def models_sha256(arrays: dict[str, np.ndarray]) -> str:
 
 
 # ---------------------------------------------------------------------- domain files
-def fit_settings(conf: dict) -> dict:
-    return {k: conf[k] for k in FIT_KEYS}
-
-
 def domain_path(pipeline: FramePipeline) -> Path:
     """Where the domain fit for this pipeline's engine and settings lives (beside the engine)."""
     c = pipeline.conf
-    tag = f"{c['segmenter']}-o{c['order']}-k{c['vocab_k']}-pca{c['pca_dims'] or 0}{'w' if c['whiten'] else ''}"
+    tag = f"{c.segmenter}-o{c.order}-k{c.vocab_k}-pca{c.pca_dims or 0}{'w' if c.whiten else ''}"
     m = pipeline.extractor.manifest
     return m.engine_path.parent / f"{m.file}.{tag}.domain"
 
 
-def save_domain(pipeline: FramePipeline, sources: list[str], images: int, path: Path | None = None) -> tuple[Path, int]:
+def save_domain(pipeline: FramePipeline, sources: list[str], images: int, path: Path | None = None,
+                inputs=()) -> tuple[Path, int]:
     """Write the pipeline's fitted vocabulary/PCA as the domain fit for its engine and settings
-    (at ``path``, default: beside the engine)."""
+    (at ``path``, default: beside the engine; never over one of ``inputs``)."""
     path = Path(path or domain_path(pipeline))
     arrays = model_arrays(pipeline)
     meta = {"format": DOMAIN_FORMAT, "created_by": f"segvlad-edge {__version__}",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "engine": pipeline.extractor.manifest.feature_signature(), "settings": fit_settings(pipeline.conf),
+            "engine": pipeline.extractor.manifest.feature_signature(), "settings": pipeline.conf.fit_part(),
             "pca": pipeline.pca is not None, "images": images, "sources": sources, "sha256": models_sha256(arrays)}
-    return path, write_arrays(path, meta, arrays)
+    return path, write_arrays(path, meta, arrays, inputs)
 
 
 def load_domain(pipeline: FramePipeline, expect_sha256: str | None = None, path: Path | None = None) -> dict | None:
@@ -168,10 +205,12 @@ def load_domain(pipeline: FramePipeline, expect_sha256: str | None = None, path:
         raise BundleError(f"{path}: a {meta.get('format')!r} file, not a domain fit")
     if meta.get("engine") != pipeline.extractor.manifest.feature_signature():
         raise BundleError(f"{path}: fitted on features of another engine; rebuild it with `segvlad-edge build-domain`")
-    if meta.get("settings") != fit_settings(pipeline.conf):
-        raise BundleError(f"{path}: fitted for settings {meta.get('settings')}, not {fit_settings(pipeline.conf)}")
-    with_pca = bool(meta.get("pca"))
-    check_models(arrays, {**meta["settings"], "pca": with_pca}, None, path)
+    if meta.get("settings") != pipeline.conf.fit_part():
+        raise BundleError(f"{path}: fitted for settings {meta.get('settings')}, not {pipeline.conf.fit_part()}")
+    with_pca = pipeline.conf.pca_dims is not None
+    if meta.get("pca") is not with_pca:
+        raise BundleError(f"{path}: PCA flag {meta.get('pca')!r} disagrees with its settings")
+    check_models(arrays, pipeline.conf, None, path)
     sha = models_sha256(arrays)
     if sha != meta.get("sha256"):
         raise BundleError(f"{path}: contents do not match its recorded sha256: corrupted")
@@ -205,9 +244,11 @@ def main(images: list[tuple[str, Path]], pipeline: FramePipeline, work: Path, so
     (``out``, default beside the engine). Returns (path, bytes, images used, skipped)."""
     if not images:
         raise FitError("no images to fit a domain vocabulary on")
+    if out is not None:
+        check_output(out, [p for _, p in images])
     kept, skipped, _ = extract_frames(images, work, pipeline, progress)
-    order = pipeline.conf["order"]
+    order = pipeline.conf.order
     fit_models(pipeline, lambda: (load_frame(wf, order) for _, wf in kept), len(kept), np.random.default_rng(0),
                progress)
-    path, size = save_domain(pipeline, sources, len(kept), out)
+    path, size = save_domain(pipeline, sources, len(kept), out, inputs=[p for _, p in images])
     return path, size, len(kept), skipped

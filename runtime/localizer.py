@@ -17,10 +17,9 @@ import numpy as np
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
 from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, WINDOW, confidence
-from segvlad_edge.runtime.features import DenseFeatureExtractor
 from segvlad_edge.runtime.fitting import load_domain, set_models
 from segvlad_edge.runtime.index import SegmentIndex
-from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
+from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, make_pipeline
 from segvlad_edge.runtime.ranking import Ranked, rank
 
 BLANK_STD = 2.0                 # grey levels: a frame flatter than this carries no place information
@@ -63,8 +62,8 @@ def engine_for_bundle(bundle: MapBundle, engines_dir=None, backend: str | None =
 class Localizer:
     def __init__(self, bundle: MapBundle, pipeline: FramePipeline):
         self.bundle, self.pipeline = bundle, pipeline
-        s = bundle.meta["settings"]
-        self.top_k, self.norm = int(s["top_k"]), s["norm"]
+        s = bundle.settings
+        self.top_k, self.norm = s.top_k, s.norm
         self.index = SegmentIndex(bundle.arrays["descriptors"])
         self.segment_image = bundle.segment_image
         self.names = [img["name"] for img in bundle.images]
@@ -77,13 +76,11 @@ class Localizer:
         """``domain``: the map's domain fit file where it is not beside the engine."""
         bundle = MapBundle.read(path)
         manifest = engine_for_bundle(bundle, engines_dir, backend)
-        s, fit = bundle.meta["settings"], bundle.meta["fit"]
-        extractor = DenseFeatureExtractor(manifest, providers=providers, threads=threads)
+        s, fit = bundle.settings, bundle.meta["fit"]
+        pipe = make_pipeline(s, engines_dir, manifest=manifest, threads=threads, providers=providers)
         if fit["source"] == "map":
-            pipe = FramePipeline(extractor, s, engines_dir)
-            set_models(pipe, bundle.arrays, s["pca"])
+            set_models(pipe, bundle.arrays, s.pca_dims is not None)
         else:
-            pipe = FramePipeline(extractor, {**s, **fit["settings"]}, engines_dir)
             where = Path(domain) if domain else manifest.engine_path.parent / fit["file"]
             if load_domain(pipe, fit["sha256"], where) is None:
                 raise BundleError(f"{bundle.path}: built with the domain fit {fit['file']}, which is not in "

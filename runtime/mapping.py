@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from segvlad_edge import __version__
-from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle
+from segvlad_edge.files import check_output
+from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle, check_name
 from segvlad_edge.runtime.confidence import held_back_negatives
 from segvlad_edge.runtime.fitting import FitError, extract_frames, fit_models, load_frame, model_arrays, resolve_fit
 from segvlad_edge.runtime.localizer import Localizer
@@ -47,23 +48,29 @@ class BuildSummary:
 
 def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline,
          metadata: dict[str, dict] | None = None, keep_work: bool = False, progress: bool = True,
-         fit: str = "auto", domain: Path | None = None, images_root: str | None = None) -> BuildSummary:
+         fit: str = "auto", domain: Path | None = None, images_root: str | None = None,
+         inputs: tuple = ()) -> BuildSummary:
     """``images``: [(name stored in the bundle, file path)]; ``metadata``: name -> {gps, pose, label, ...};
     ``fit``: "auto" | "map" | "domain" (where the vocabulary and PCA come from); ``domain``: a
     domain file other than the one beside the engine; ``images_root``: the map images' folder,
-    recorded so that explanations can show them."""
+    recorded so that explanations can show them; ``inputs``: other files the build reads (a
+    metadata CSV). ``out`` may not be any input: checked before any work."""
     t_start = time.perf_counter()
     out = Path(out)
     if not images:
         raise MapBuildError("no images to build a map from")
+    for name, _ in images:
+        check_name(name, "build-map")
     if not out.parent.is_dir():
         raise MapBuildError(f"output folder {out.parent} does not exist")
     if out.is_dir():
         raise MapBuildError(f"{out} is a folder; give a file name for the bundle")
+    inputs = [p for _, p in images] + [p for p in (domain, *inputs) if p is not None]
+    check_output(out, inputs)
     fit_ref = resolve_fit(pipeline, fit, domain, len(images))
     work = out.parent / f".{out.name}.work"
     work.mkdir(exist_ok=True)
-    order = pipeline.conf["order"]
+    order = pipeline.conf.order
 
     kept, skipped, stage_ms = extract_frames(images, work, pipeline, progress)              # 1
     if fit_ref is None:                                                                        # 2
@@ -83,7 +90,7 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
     if images_root:
         bundle.meta["images_root"] = str(images_root)
     bundle.arrays["calib_negatives"] = held_back_negatives(Localizer(bundle, pipeline))
-    size = bundle.write(out)
+    size = bundle.write(out, inputs)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     n = len(kept)
@@ -108,8 +115,7 @@ def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarra
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "engine": {**m.feature_signature(), "patch_grid": list(m.model["patch_grid"]), "file": m.file,
                    "source_name": m.source.get("name")},
-        "settings": {**{k: v for k, v in conf.items() if k != "pca_dims"}, "pca_dims": int(dims),
-                     "pca": pipeline.pca is not None},
+        "settings": conf.to_json(),
         "fit": fit_ref,
         "images": [{"name": n, **({"meta": metadata[n]} if n in metadata else {})} for n in names],
     }

@@ -12,15 +12,19 @@ columns are kept under their own names (numbers as numbers).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path, PurePosixPath
+
+from segvlad_edge.errors import SegvladError
+from segvlad_edge.files import read_regular
 
 NAME_COLUMNS = ("name", "image", "file")
 POSE_KEYS = ("x", "y", "z", "qw", "qx", "qy", "qz")
 MAX_CSV_BYTES = 64 << 20
 
 
-class MetadataError(ValueError):
+class MetadataError(SegvladError, ValueError):
     """A metadata CSV is malformed or does not match the map's images."""
 
 
@@ -61,10 +65,8 @@ def read_csv(path: str | Path, names: list[str]) -> dict[str, dict]:
     """``{name: metadata}`` for the rows of ``path``; every row must name one of ``names``."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_CSV_BYTES:
-            raise MetadataError(f"{path}: larger than {MAX_CSV_BYTES >> 20} MiB; not a metadata table")
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+        text = read_regular(path, MAX_CSV_BYTES, "metadata table").decode("utf-8-sig")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     except OSError as e:
         raise MetadataError(f"{path}: cannot read ({e.strerror or e})") from None
     except (UnicodeDecodeError, csv.Error) as e:

@@ -3,8 +3,9 @@
     image -> features (DINOv2 engine) -> segments (segmenter) -> SuperSegments (A^o)
           -> VLAD per SuperSegment -> PCA -> [S, d] float16 descriptors
 
-Named configurations are plain dicts (``CONFS``); ``segvlad`` is the product default,
-``grid`` and ``global`` are the paper's / AnyLoc's baselines on the same engine. The defaults
+Named configurations (``CONFS``, typed ``Settings`` from ``runtime/settings.py``): ``segvlad``
+is the product default, ``grid`` and ``global`` are the paper's / AnyLoc's baselines on the same
+engine; ``make_pipeline`` is the one way to assemble a pipeline from settings and an engine. The defaults
 (featclust segments, o = 3, PCA 256 unwhitened) were chosen by ``benchmarks/sweep.py``: Recall@1
 pooled over corridor, gardens_point_day and wxbs (403 queries).
 """
@@ -15,23 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from segvlad_edge.engines.manifest import EngineManifest, default_engines_dir, find_engine
 from segvlad_edge.runtime.features import DenseFeatureExtractor, FeatureMap
 from segvlad_edge.runtime.pca import Pca
 from segvlad_edge.runtime.segmenters import make_segmenter
+from segvlad_edge.runtime.settings import CONFS, Settings  # noqa: F401  (CONFS: the presets, importable here)
 from segvlad_edge.runtime.supersegments import SuperSegments
 from segvlad_edge.runtime.vlad import VladAggregator, Vocabulary
 
 NO_SEGMENT = 255
-
-CONFS = {
-    "segvlad": {"segmenter": "featclust", "segmenter_conf": {}, "order": 3, "vocab_k": 32, "pca_dims": 256,
-                "whiten": False, "top_k": 50, "norm": "query"},
-    "grid": {"segmenter": "grid", "segmenter_conf": {}, "order": 3, "vocab_k": 32, "pca_dims": 256,
-             "whiten": False, "top_k": 50, "norm": "query"},
-    "global": {"segmenter": "whole", "segmenter_conf": {}, "order": 0, "vocab_k": 32, "pca_dims": None,
-               "whiten": False, "top_k": 50, "norm": "none"},
-}
-DEFAULT_METHOD = "segvlad"
 
 
 @dataclass
@@ -62,13 +55,15 @@ class WholeImage:
 
 class FramePipeline:
     """``segment(image) -> FrameSegments``; ``describe(frame) -> [S, d] float16`` once a
-    vocabulary (and PCA, unless ``pca_dims`` is None) is set."""
+    vocabulary (and PCA, unless ``conf.pca_dims`` is None) is set. ``conf``: Settings (a dict
+    is checked into Settings)."""
 
-    def __init__(self, extractor: DenseFeatureExtractor, conf: dict, engines_dir=None,
+    def __init__(self, extractor: DenseFeatureExtractor, conf: Settings | dict, engines_dir=None,
                  vocab: Vocabulary | None = None, pca: Pca | None = None):
-        self.extractor, self.conf = extractor, conf
-        name = conf["segmenter"]
-        self.segmenter = WholeImage() if name == "whole" else make_segmenter(name, conf.get("segmenter_conf"), engines_dir)
+        self.extractor, self.conf = extractor, Settings.of(conf)
+        name = self.conf.segmenter
+        self.segmenter = WholeImage() if name == "whole" else make_segmenter(name, dict(self.conf.segmenter_conf),
+                                                                             engines_dir)
         self.vocab, self.pca = vocab, pca
 
     def segment(self, image_bgr: np.ndarray | None, fmap: FeatureMap | None = None) -> FrameSegments:
@@ -79,7 +74,7 @@ class FramePipeline:
         masks = self.segmenter(image_bgr, fmap)
         masks = masks[masks.any(1)]
         t2 = time.perf_counter()
-        ss = SuperSegments.from_masks(masks, fmap.grid, self.conf["order"])
+        ss = SuperSegments.from_masks(masks, fmap.grid, self.conf.order)
         t3 = time.perf_counter()
         return FrameSegments(fmap, masks, ss, {"features": 1e3 * (t1 - t0), "segments": 1e3 * (t2 - t1),
                                                 "supersegments": 1e3 * (t3 - t2)})
@@ -100,3 +95,15 @@ class FramePipeline:
 
     def describe(self, frame: FrameSegments) -> np.ndarray:
         return self.project(self.vlad(frame), frame)
+
+
+def make_pipeline(settings: Settings | dict, engines_dir=None, size: tuple[int, int] | None = None,
+                  threads: int | None = None, extractor: DenseFeatureExtractor | None = None,
+                  manifest: EngineManifest | None = None, providers=("cpu",)) -> FramePipeline:
+    """The one way to assemble a pipeline: ``settings`` on a DINOv2 engine session, which is
+    ``extractor`` (already open), else opened on ``manifest``, else on the engine of ``size``
+    ([w, h], None: any) in ``engines_dir`` (default: where build-engines puts them)."""
+    if extractor is None:
+        manifest = manifest or find_engine(engines_dir or default_engines_dir(), "dinov2", size)
+        extractor = DenseFeatureExtractor(manifest, providers=providers, threads=threads)
+    return FramePipeline(extractor, settings, engines_dir)

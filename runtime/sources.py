@@ -18,13 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segvlad_edge.errors import SourceError
 from segvlad_edge.runtime.images import ImageError, list_images, load_image
 
 log = logging.getLogger(__name__)
-
-
-class SourceError(RuntimeError):
-    """A frame source cannot be opened or ended abnormally; the message says which and why."""
 
 
 @dataclass

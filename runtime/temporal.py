@@ -28,7 +28,8 @@ class SequenceFilter:
         self.belief[:] = 1.0 / self.n
 
     def update(self, images: np.ndarray, scores: np.ndarray) -> tuple[int, float]:
-        prior = np.convolve(self.belief, self.kernel, mode="same")
+        w = len(self.kernel) // 2       # zero-padded "same" convolution, also for maps shorter than the kernel
+        prior = np.convolve(np.pad(self.belief, w), self.kernel, mode="valid")
         prior = (1 - self.teleport) * prior / prior.sum() + self.teleport / self.n
         like = np.full(self.n, self.floor)
         if len(images) and scores[0] > 0:

@@ -8,20 +8,24 @@ from hypothesis import strategies as st
 
 from segvlad_edge.runtime import bundle as B
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.settings import Settings
 
 
 def make_bundle(n_images=3, per_image=2, dims=8, k=2, d=4):
     rng = np.random.default_rng(0)
     n = n_images * per_image
-    meta = {"format": "segvlad-edge map", "format_version": B.FORMAT_VERSION,
-            "engine": {"patch_grid": [2, 3], "input_size": [42, 28]},
-            "settings": {"pca_dims": dims, "pca": True, "top_k": 5, "norm": "query", "vocab_k": k},
-            "fit": {"source": "map"}, "images": [{"name": f"img{i}.jpg", "meta": {"label": str(i)}} for i in range(n_images)]}
+    settings = Settings(pca_dims=dims, top_k=5, vocab_k=k)
+    meta = {"format": "segvlad-edge map", "format_version": B.FORMAT_VERSION, "created": "2026-01-01T00:00:00Z",
+            "created_by": "test",
+            "engine": {"patch_grid": [2, 3], "input_size": [42, 28], "patch_size": 14, "block": 10, "facet": "value",
+                       "dim": d, "source_sha256": "ab" * 32, "file": "e.onnx", "source_name": "test"},
+            "settings": settings.to_json(), "fit": {"source": "map", "images": n_images},
+            "images": [{"name": f"img{i}.jpg", "meta": {"label": str(i)}} for i in range(n_images)]}
     arrays = {"descriptors": rng.standard_normal((n, dims)).astype(np.float16),
               "segments_per_image": np.full(n_images, per_image, np.int32),
               "segment_labels": np.zeros((n_images, 6), np.uint8),
               "vocab_centers": rng.standard_normal((k, d)).astype(np.float32),
-              "pca_mean": np.zeros(k * d, np.float32), "pca_components": np.zeros((dims, k * d), np.float32),
+              "pca_mean": np.zeros(k * d, np.float32), "pca_components": np.eye(dims, k * d, dtype=np.float16),
               "pca_scale": np.ones(dims, np.float32), "calib_negatives": np.linspace(0, 1, 3).astype(np.float32)}
     return MapBundle(meta, arrays)
 
@@ -108,8 +112,8 @@ def test_inconsistent_bundles_are_refused(tmp_path):
         b.write(p)
     assert not p.exists()
     b = make_bundle()
-    b.meta["settings"]["pca_dims"] = 16                                  # index dim disagrees with PCA
-    with pytest.raises(BundleError, match="dims"):
+    b.meta["settings"]["pca_dims"] = 4                                   # index dim above the PCA asked for
+    with pytest.raises(BundleError, match="PCA"):
         b.write(p)
     for bad in ("../../etc/passwd", "/abs/path.jpg", "a\\..\\b.jpg", ""):
         b = make_bundle()
@@ -117,7 +121,7 @@ def test_inconsistent_bundles_are_refused(tmp_path):
         with pytest.raises(BundleError, match="image name"):
             b.write(p)
     b = make_bundle()
-    b.arrays["pca_components"] = np.zeros((8, 3), np.float32)
+    b.arrays["pca_components"] = np.ones((8, 3), np.float16)
     with pytest.raises(BundleError, match="PCA shapes"):
         b.write(p)
 
@@ -130,7 +134,8 @@ def test_domain_fitted_bundles(tmp_path):
         del b.arrays[name]
     with pytest.raises(BundleError, match="vocabulary is missing"):
         b.write(p)
-    b.meta["fit"] = {"source": "domain", "file": "e.onnx.x.domain", "sha256": "ab" * 32, "settings": {}}
+    b.meta["fit"] = {"source": "domain", "file": "e.onnx.x.domain", "sha256": "ab" * 32,
+                     "settings": b.settings.fit_part()}
     b.write(p)
     assert MapBundle.read(p).meta["fit"]["file"] == "e.onnx.x.domain"
     for bad in ("../e.domain", "/tmp/e.domain", "a\\b.domain", ""):
@@ -144,9 +149,10 @@ def test_domain_fitted_bundles(tmp_path):
 
 def test_bad_calibration_table(tmp_path):
     b = make_bundle()
-    b.arrays["calib_negatives"] = np.array([0.1, np.nan], np.float32)
-    with pytest.raises(BundleError, match="calibration"):
-        b.write(tmp_path / "c.segmap")
+    for bad in ([0.1, np.nan], [0.5, 0.1], [0.1, 1.5], [-0.2, 0.1]):       # not finite, unsorted, outside [0, 1]
+        b.arrays["calib_negatives"] = np.array(bad, np.float32)
+        with pytest.raises(BundleError, match="calib"):
+            b.write(tmp_path / "c.segmap")
 
 
 def test_other_container_kinds_are_not_maps(tmp_path):
