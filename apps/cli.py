@@ -165,11 +165,10 @@ def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, thread
 
     from segvlad_edge.runtime.pipeline import CONFS, make_pipeline
 
-    overrides = {"order": order, "segmenter": segmenter, "pca_dims": pca_dims}
-    settings = dataclasses.replace(CONFS[method], **{k: v for k, v in overrides.items() if v is not None})
-    if pca_dims == 0:
-        settings = dataclasses.replace(settings, pca_dims=None)
-    return make_pipeline(settings, engines_dir, size, threads, extractor)
+    overrides = {k: v for k, v in {"order": order, "segmenter": segmenter}.items() if v is not None}
+    if pca_dims is not None:
+        overrides["pca_dims"] = pca_dims or None
+    return make_pipeline(dataclasses.replace(CONFS[method], **overrides), engines_dir, size, threads, extractor)
 
 
 def _one(methods: tuple[str, ...]) -> str:

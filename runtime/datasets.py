@@ -97,17 +97,27 @@ def _from_places(root: Path) -> Dataset:
     return Dataset(root, "places.json", maps, [maps[i] for i in keep], [positives[i] for i in keep], keep)
 
 
-def _bounded(make, shape_arg: int):
-    """``make`` (np.ndarray or numpy's _reconstruct) refusing shapes over MAX_GT_ITEMS items."""
-    def checked(*args):
-        shape = args[shape_arg] if len(args) > shape_arg else ()
-        shape = (shape,) if isinstance(shape, int) else shape
-        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape) \
-                or int(np.prod(shape, dtype=object)) > MAX_GT_ITEMS:
-            raise DatasetError(f"ground-truth pickle asks for an array of shape {printable(repr(shape))[:60]}: refused "
-                               f"(at most {MAX_GT_ITEMS} items)")
-        return make(*args)
-    return checked
+def _check_shape(shape) -> None:
+    shape = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape) \
+            or int(np.prod(shape, dtype=object)) > MAX_GT_ITEMS:
+        raise DatasetError(f"ground-truth pickle asks for an array of shape {printable(repr(shape))[:60]}: refused "
+                           f"(at most {MAX_GT_ITEMS} items)")
+
+
+class _BoundedArray(np.ndarray):
+    """``np.ndarray`` as the unpickler hands it out: constructing one checks the shape first."""
+
+    def __new__(cls, shape, *args, **kwargs):
+        _check_shape(shape)
+        return super().__new__(cls, shape, *args, **kwargs)
+
+
+def _bounded_reconstruct(subtype, shape, dtype):
+    from numpy._core.multiarray import _reconstruct
+
+    _check_shape(shape)
+    return _reconstruct(subtype, shape, dtype)
 
 
 class _GroundTruthUnpickler(pickle.Unpickler):
@@ -121,10 +131,7 @@ class _GroundTruthUnpickler(pickle.Unpickler):
         if (module, name) not in self.ALLOWED:
             raise DatasetError(f"ground-truth pickle wants {printable(module)}.{printable(name)}: refused "
                                "(only numbers and lists are allowed)")
-        if name == "_reconstruct":
-            from numpy._core.multiarray import _reconstruct
-            return _bounded(_reconstruct, 1)
-        return _bounded(np.ndarray, 0) if name == "ndarray" else np.dtype
+        return {"_reconstruct": _bounded_reconstruct, "ndarray": _BoundedArray}.get(name, np.dtype)
 
 
 def load_object_npy(path: Path) -> np.ndarray:
@@ -161,6 +168,7 @@ def load_object_npy(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: unreadable ground truth ({type(e).__name__})") from None
     if not isinstance(arr, np.ndarray):
         raise DatasetError(f"{path}: ground truth is not an array")
+    arr = np.asarray(arr)
     for v in arr.ravel():
         items = v if isinstance(v, (list, np.ndarray)) else [v]
         if not all(isinstance(x, (int, np.integer)) for x in np.ravel(np.asarray(items, dtype=object))):
