@@ -1,9 +1,10 @@
 """Step: check a map bundle end to end before it goes onto a robot.
 
-``main(path, engines_dir, domain) -> [(check, ok, detail)]``: file checksums and internal
-consistency, engine compatibility, the domain fit it references, descriptor sanity (finite,
-unit norm), and the HNSW index the robot will search (sampled map images must find themselves
-first through it with their own descriptors).
+``main(path, engines_dir, domain) -> [(check, ok, detail)]``: file checksums, the header
+against its schema (every setting in range, finite metadata), internal consistency, finite and
+non-degenerate models (vocabulary, PCA, calibration), engine compatibility, the domain fit it
+references, descriptor sanity (finite, unit norm), and the HNSW index the robot will search
+(sampled map images must find themselves first through it with their own descriptors).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segvlad_edge.engines.manifest import EngineError
+from segvlad_edge.errors import SegvladError
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
 
 SELF_CHECKS = 20
@@ -34,7 +35,7 @@ def main(path: str | Path, engines_dir=None, domain: Path | None = None) -> list
         results.append(("engine", True, loc.pipeline.extractor.manifest.file))
         results.append(("models", True, "vocabulary/PCA in the bundle" if fit["source"] == "map"
                         else f"domain fit {fit['file']} present, sha256 matches"))
-    except (BundleError, EngineError, OSError) as e:
+    except (SegvladError, OSError) as e:
         results.append(("engine/models", False, str(e)))
         loc = None
     d = desc.astype(np.float32)
