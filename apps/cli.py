@@ -350,13 +350,14 @@ def localize(map_path, images_dir, video, camera, top, out_target, max_fps, ever
 def explain(query, map_path, out, top, map_images, engines_dir, domain):
     """Write a PNG: the query beside its best map images, matched segments in the same colour."""
     from segvlad_edge.apps.explain import save_explanation
+    from segvlad_edge.files import check_output
     from segvlad_edge.runtime.images import load_image
     from segvlad_edge.runtime.localizer import Localizer
 
+    out = check_output(out or Path(f"{query.stem}.explain.png"), (query, map_path))     # before any work
     loc = Localizer.from_bundle(map_path, engines_dir, domain=domain)
     image = load_image(query)
     ans = loc.localize(image, top=top)
-    out = out or Path(f"{query.stem}.explain.png")
     if not ans.top:
         raise click.ClickException(f"{query.name}: no match to explain (blank frame or no segments)")
     save_explanation(loc, image, ans, out, top, map_images, inputs=(query, map_path))

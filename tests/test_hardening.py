@@ -90,6 +90,15 @@ def test_every_writer_refuses_its_inputs(tmp_path):
         write_png(m, np.zeros((4, 4, 3), np.uint8), inputs=[m])
     with pytest.raises(FileSafetyError, match="input"):      # a bundle written over its own source
         MapBundle.read(m).write(m, inputs=[m])
+    from click.testing import CliRunner
+
+    from segvlad_edge.apps.cli import cli as group
+
+    q = tmp_path / "q.png"
+    cv2.imwrite(str(q), np.zeros((8, 8, 3), np.uint8))
+    for out in (m, q):                                      # explain q --map m -o m / -o q: refused before work
+        r = CliRunner().invoke(group, ["explain", str(q), "--map", str(m), "-o", str(out)])
+        assert r.exit_code == 1 and "input of this command" in r.output
     assert m.read_bytes() == before
 
 
