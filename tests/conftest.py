@@ -49,11 +49,10 @@ def corridor_bundle(datasets, engines_dir, tmp_path_factory, make_pipeline):
 @pytest.fixture(scope="session")
 def make_pipeline():
     """``make_pipeline(engines_dir, method="segvlad", **conf)``: the product pipeline on the test engine (224x168)."""
-    from segvlad_edge.engines.manifest import find_engine
-    from segvlad_edge.runtime.features import DenseFeatureExtractor
-    from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+    import dataclasses
+
+    from segvlad_edge.runtime.pipeline import CONFS, make_pipeline
 
     def make(engines_dir, method: str = "segvlad", **conf):
-        m = find_engine(engines_dir, "dinov2", (224, 168))
-        return FramePipeline(DenseFeatureExtractor(m, threads=2), {**CONFS[method], **conf}, engines_dir)
+        return make_pipeline(dataclasses.replace(CONFS[method], **conf), engines_dir, (224, 168), threads=2)
     return make
