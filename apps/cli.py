@@ -233,7 +233,7 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
 
     images = _image_list(images_dir)
     names = [n for n, _ in images]
-    meta = {n: m for n in names if (m := metadata.from_name(n))}
+    meta = {n: m for n, p in images if (m := {**metadata.from_exif(p), **metadata.from_name(n)})}
     if metadata_csv:
         for n, m in metadata.read_csv(metadata_csv, names).items():
             meta[n] = {**meta.get(n, {}), **m}
@@ -255,13 +255,14 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
 
 
 @cli.command("localize")
-@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Map bundle (.segmap).")
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None, help="Folder of query images.")
 @click.option("--video", default=None, help="Video file, RTSP/HTTP URL or GStreamer pipeline.")
 @click.option("--camera", type=int, default=None, help="Camera device index.")
-@click.option("--top", type=int, default=5, show_default=True)
-@click.option("--out", "out_target", default="-", show_default=True,
-              help="Where JSON lines go: - (stdout), a file (appended) or udp://HOST:PORT.")
+@click.option("--top", type=int, default=5, show_default=True, help="Map images listed per answer.")
+@click.option("--out", "out_targets", multiple=True, metavar="TARGET",
+              help="Where records go (repeatable, each gets every record): - (stdout, the default), a file "
+                   "(appended), udp://HOST:PORT, mavlink:udp:HOST:PORT or mavlink:serial:DEVICE[:BAUD].")
 @click.option("--max-fps", type=float, default=0.0, help="Process at most this many frames per second (0: no limit).")
 @click.option("--every-n", type=int, default=1, show_default=True, help="Process every n-th frame.")
 @click.option("--filter", "temporal", is_flag=True, help="Temporal filter over the stream (adds a 'filtered' answer).")
@@ -270,25 +271,37 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
               help="Write an explanation PNG per frame into this folder.")
 @click.option("--give-up-after", type=float, default=0.0,
               help="Live sources: end after this many seconds without a frame (0: keep reconnecting).")
-@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Engines folder (default: the one build-engines fills).")
 @click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The map's domain fit file where it is not beside the engine.")
-@click.option("--threads", type=int, default=None)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
+              help="Where the DINOv2 engine runs (auto: a TensorRT plan if built and usable, else the best "
+                   "onnxruntime provider); a named device that is not available is an error.")
+@click.option("--threads", type=int, default=None, help="onnxruntime CPU threads (default: onnxruntime's, one per core).")
 @user_errors
-def localize(map_path, images_dir, video, camera, top, out_target, max_fps, every_n, temporal, min_confidence,
-             save_vis, give_up_after, engines_dir, domain, threads):
+def localize(map_path, images_dir, video, camera, top, out_targets, max_fps, every_n, temporal, min_confidence,
+             save_vis, give_up_after, engines_dir, domain, device, threads):
     """Localise frames against a map; one JSON object per processed frame (schema in the README)."""
     import signal
     import threading
 
     from segvlad_edge.apps import stream
-    from segvlad_edge.runtime.localizer import Localizer
+    from segvlad_edge.apps.sinks import open_sinks
+    from segvlad_edge.runtime.images import list_images
     from segvlad_edge.runtime.sources import check_choice, open_source
 
     check_choice(camera, video, images_dir)
-    loc = Localizer.from_bundle(map_path, engines_dir, threads=threads, domain=domain)
-    events = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
-    source = open_source(camera, video, images_dir, every_n, give_up_s=give_up_after, on_event=events)
+    loc = _open_localizer(map_path, engines_dir, domain, device, threads)
+    inputs = [map_path] + ([Path(video)] if video else []) + ([domain] if domain else []) \
+        + (list_images(images_dir) if images_dir and images_dir.is_dir() else [])
+    sinks = open_sinks(out_targets, inputs, loc.positions.kind if loc.positions else None)
+    try:
+        events = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
+        source = open_source(camera, video, images_dir, every_n, give_up_s=give_up_after, on_event=events)
+    except BaseException:
+        sinks.close()
+        raise
     if min_confidence is not None:
         loc.min_confidence = min_confidence
     stop = threading.Event()
@@ -299,15 +312,35 @@ def localize(map_path, images_dir, video, camera, top, out_target, max_fps, ever
             source.request_stop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    sink = stream.JsonSink(out_target)
     try:
-        stats = stream.main(loc, source, sink, {"top": top, "max_fps": max_fps, "filter": temporal,
-                                                "save_vis": save_vis}, stop)
+        stats = stream.main(loc, source, sinks, {"top": top, "max_fps": max_fps, "filter": temporal,
+                                                 "save_vis": save_vis}, stop)
     finally:
         source.close()
-        sink.close()
+        sinks.close()
     if stop.is_set():
         click.echo(f"stopped after {stats['frames']} frames", err=True)
+
+
+def _open_localizer(map_path, engines_dir, domain, device: str, threads):
+    """The localizer on ``--device`` (refused when that device is not usable here), after one
+    ``info:`` line on stderr naming the engine file, the provider that runs it and the threads."""
+    from segvlad_edge.runtime.backends import check_device, device_choice
+    from segvlad_edge.runtime.localizer import Localizer
+
+    folder = engines_dir or default_engines_dir()
+    has_plan = device == "tensorrt" and any(load_manifest(p, verify=False).backend == "tensorrt"
+                                            for p in list_manifests(folder))
+    backend, providers = device_choice(device, has_plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                 # the info line says what runs; refusals are errors
+        loc = Localizer.from_bundle(map_path, engines_dir, backend=backend, providers=providers, threads=threads,
+                                    domain=domain)
+    extractor = loc.pipeline.extractor
+    check_device(device, extractor.backend)
+    click.echo(f"info: engine {extractor.manifest.engine_path}, provider {extractor.backend.provider}, "
+               f"threads {threads or 'auto (onnxruntime: one per core)'}", err=True)
+    return loc
 
 
 @cli.command("explain")
