@@ -302,6 +302,7 @@ def localize(map_path, images_dir, video, camera, top, out_targets, max_fps, eve
     except BaseException:
         sinks.close()
         raise
+    click.echo(_engine_info(loc, threads), err=True)        # start-up checks passed: say what runs
     if min_confidence is not None:
         loc.min_confidence = min_confidence
     stop = threading.Event()
@@ -323,8 +324,7 @@ def localize(map_path, images_dir, video, camera, top, out_targets, max_fps, eve
 
 
 def _open_localizer(map_path, engines_dir, domain, device: str, threads):
-    """The localizer on ``--device`` (refused when that device is not usable here), after one
-    ``info:`` line on stderr naming the engine file, the provider that runs it and the threads."""
+    """The localizer on ``--device``; refused (one line) when that device is not usable here."""
     from segvlad_edge.runtime.backends import check_device, device_choice
     from segvlad_edge.runtime.localizer import Localizer
 
@@ -336,11 +336,15 @@ def _open_localizer(map_path, engines_dir, domain, device: str, threads):
         warnings.simplefilter("ignore")                 # the info line says what runs; refusals are errors
         loc = Localizer.from_bundle(map_path, engines_dir, backend=backend, providers=providers, threads=threads,
                                     domain=domain)
-    extractor = loc.pipeline.extractor
-    check_device(device, extractor.backend)
-    click.echo(f"info: engine {extractor.manifest.engine_path}, provider {extractor.backend.provider}, "
-               f"threads {threads or 'auto (onnxruntime: one per core)'}", err=True)
+    check_device(device, loc.pipeline.extractor.backend)
     return loc
+
+
+def _engine_info(loc, threads) -> str:
+    """The ``info:`` line: engine file, the provider that actually runs it, threads."""
+    extractor = loc.pipeline.extractor
+    return (f"info: engine {extractor.manifest.engine_path}, provider {extractor.backend.provider}, "
+            f"threads {threads or 'auto (onnxruntime: one per core)'}")
 
 
 @cli.command("explain")
