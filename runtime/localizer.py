@@ -20,6 +20,7 @@ from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, WINDOW, confidence
 from segvlad_edge.runtime.fitting import load_domain, set_models
 from segvlad_edge.runtime.index import SegmentIndex
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, make_pipeline
+from segvlad_edge.runtime.position import MapPositions
 from segvlad_edge.runtime.ranking import Ranked, rank
 
 BLANK_STD = 2.0                 # grey levels: a frame flatter than this carries no place information
@@ -32,7 +33,8 @@ class Answer:
     (query_seg, map_seg, sim) per top image; ``ms``: per-stage milliseconds; ``confidence`` in
     [0, 1] (runtime/confidence.py); ``match``: ``top[0]`` when confident, else None ("no
     confident match"); ``similarity``: mean best-hit similarity of the frame's segments;
-    ``ranked``: the full ranking (for the temporal filter)."""
+    ``ranked``: the full ranking (for the temporal filter); ``position``: the estimate from the
+    agreeing top matches (runtime/position.py), None without a confident match or map positions."""
 
     top: list
     pairs: list
@@ -43,6 +45,7 @@ class Answer:
     similarity: float = 0.0
     frame: FrameSegments | None = field(default=None, repr=False)
     ranked: Ranked | None = field(default=None, repr=False)
+    position: dict | None = None
 
 
 def engine_for_bundle(bundle: MapBundle, engines_dir=None, backend: str | None = None):
@@ -69,6 +72,7 @@ class Localizer:
         self.names = [img["name"] for img in bundle.images]
         self.calib = bundle.arrays.get("calib_negatives")
         self.min_confidence = NO_MATCH_BELOW
+        self.positions = MapPositions.from_images(bundle.images)
 
     @classmethod
     def from_bundle(cls, path: str | Path, engines_dir=None, backend: str | None = None, providers=("cpu",),
@@ -121,8 +125,9 @@ class Localizer:
             entries.append(entry)
         conf = confidence(ranked, self.calib)
         match = entries[0] if entries and conf >= self.min_confidence else None
+        position = self.positions.estimate(ranked.images, ranked.scores) if match and self.positions else None
         return Answer(entries, ranked.pairs[:top], {k: round(v, 2) for k, v in ms.items()}, segments, conf, match,
-                      round(ranked.match_sim, 4), frame, ranked)
+                      round(ranked.match_sim, 4), frame, ranked, position)
 
     def localize(self, image_bgr: np.ndarray, top: int = 5, exact: bool = False) -> Answer:
         """One frame -> Answer. A frame without texture (all one colour) or without segments is

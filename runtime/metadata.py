@@ -1,4 +1,4 @@
-"""Per-image metadata for map bundles: GPS, pose, label, from a CSV or from ``@``-style names.
+"""Per-image metadata for map bundles: GPS, pose, label, from a CSV, ``@``-style names or EXIF GPS.
 
 ``@``-style names are the VPR-methods-evaluation convention::
 
@@ -7,7 +7,9 @@
 Fields that are empty or missing are left out. A CSV has a header row with a ``name`` column
 (the image's path relative to the map folder; ``image``/``file`` are accepted too) and any of
 ``lat, lon[, alt]`` -> ``gps``, ``x, y, z[, qw, qx, qy, qz]`` -> ``pose``, ``label``; other
-columns are kept under their own names (numbers as numbers).
+columns are kept under their own names (numbers as numbers). Geotagged photos (drone
+surveys) give ``gps = [lat, lon(, alt)]`` from their EXIF GPS tags (runtime/exif.py). Where
+sources disagree the CSV wins over the name, the name over EXIF.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from segvlad_edge.errors import SegvladError
 from segvlad_edge.files import read_regular
+from segvlad_edge.runtime.exif import read_exif
 
 NAME_COLUMNS = ("name", "image", "file")
 POSE_KEYS = ("x", "y", "z", "qw", "qx", "qy", "qz")
@@ -59,6 +62,12 @@ def from_name(name: str) -> dict:
         if f[i]:
             meta[key] = f[i]
     return meta
+
+
+def from_exif(path: str | Path) -> dict:
+    """``{"gps": [lat, lon(, alt)]}`` from a photo's EXIF GPS tags ({} when it has none)."""
+    gps = read_exif(path).gps
+    return {"gps": gps} if gps else {}
 
 
 def read_csv(path: str | Path, names: list[str]) -> dict[str, dict]:

@@ -5,6 +5,12 @@ HTTP / GStreamer URL) run a capture thread that keeps only the newest frame, so 
 pipeline always works on what the camera sees now instead of a growing queue; a stalled or
 lost camera is reopened with exponential back-off and reported through ``on_event``, never
 raised. Files and folders are read in order, every frame (``every_n`` thins them).
+
+``Frame.timestamp`` is the capture time in Unix seconds: for image folders each file's EXIF
+DateTimeOriginal (runtime/exif.py), else its modification time; for video files the frame's own
+container timestamp (``CAP_PROP_POS_MSEC``) added to the recording's start, taken as the file's
+modification time minus its duration (a recorder writes the file until its last frame); for
+cameras and streams the wall-clock time at which ``grab()`` returned the frame.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import cv2
 import numpy as np
 
 from segvlad_edge.errors import SourceError
+from segvlad_edge.runtime.exif import file_time
 from segvlad_edge.runtime.images import ImageError, list_images, load_image
 
 log = logging.getLogger(__name__)
@@ -47,9 +54,10 @@ class FolderSource:
         for i, path in enumerate(self.files[::self.every_n]):
             name = path.relative_to(self.folder).as_posix()
             try:
-                yield Frame(i * self.every_n, name, load_image(path), time.time())
+                image, error = load_image(path), None
             except ImageError as e:
-                yield Frame(i * self.every_n, name, None, time.time(), str(e))
+                image, error = None, str(e)
+            yield Frame(i * self.every_n, name, image, file_time(path), error)
 
     def close(self) -> None:
         pass
@@ -67,6 +75,17 @@ class VideoFileSource:
         if not self.cap.isOpened():
             raise SourceError(f"{path}: cannot open as a video (unknown format or corrupt header)")
         self.declared = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
+        duration = self.declared / fps if fps > 0 and self.declared else 0.0
+        self.start = self.path.stat().st_mtime - duration      # Unix seconds of the first frame
+
+    def _time(self, i: int) -> float:
+        """Capture time of the frame just grabbed (index ``i``): container timestamp from the start."""
+        pos_ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+        if not pos_ms and i:                     # containers without timestamps: the nominal frame rate
+            fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
+            pos_ms = 1e3 * i / fps if fps > 0 else 0.0
+        return self.start + pos_ms / 1e3
 
     def __iter__(self) -> Iterator[Frame]:
         i = 0
@@ -75,11 +94,12 @@ class VideoFileSource:
             if not ok:
                 break
             if i % self.every_n == 0:
+                ts = self._time(i)
                 ok, img = self.cap.retrieve()
                 if ok and img is not None:
-                    yield Frame(i, f"{self.path.name}#{i}", img, time.time())
+                    yield Frame(i, f"{self.path.name}#{i}", img, ts)
                 else:
-                    yield Frame(i, f"{self.path.name}#{i}", None, time.time(), "frame could not be decoded")
+                    yield Frame(i, f"{self.path.name}#{i}", None, ts, "frame could not be decoded")
             i += 1
         if self.declared and i < self.declared:
             raise SourceError(f"{self.path}: video ended at frame {i} of {self.declared} (truncated or corrupt)")
@@ -134,13 +154,15 @@ class LiveSource:
                 if self._count:
                     self.on_event(f"camera {self.spec!r}: reconnected")
                 wait = self.backoff
-            ok, img = cap.read()
+            ok = cap.grab()
+            grabbed = time.time()                   # capture time: when the driver handed the frame over
+            ok, img = cap.retrieve() if ok else (False, None)
             now = time.monotonic()
             if ok and img is not None:
                 self._last_frame = now
                 with self._cond:
                     self._count += 1
-                    self._latest = (self._count - 1, img, time.time())
+                    self._latest = (self._count - 1, img, grabbed)
                     self._cond.notify_all()
             elif now - self._last_frame > self.stall_s or not ok:
                 self.on_event(f"camera {self.spec!r}: {'lost' if not ok else 'stalled'}, reconnecting")

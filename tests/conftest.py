@@ -56,3 +56,25 @@ def make_pipeline():
     def make(engines_dir, method: str = "segvlad", **conf):
         return make_pipeline(dataclasses.replace(CONFS[method], **conf), engines_dir, (224, 168), threads=2)
     return make
+
+
+@pytest.fixture(scope="session")
+def positioned_bundle(corridor_bundle, tmp_path_factory):
+    """``positioned_bundle(kind)``: the corridor map with a position per image, in its order (map image i
+    at x = i metres; "gps": along a meridian from 45 N, 1 m per image, alt 100 + i; "local": pose [i, 0, 2])."""
+    from segvlad_edge.runtime.bundle import MapBundle
+    from segvlad_edge.runtime.position import EARTH_RADIUS_M
+
+    import math
+    made = {}
+
+    def make(kind: str):
+        if kind not in made:
+            b = MapBundle.read(corridor_bundle)
+            for i, img in enumerate(b.images):
+                img["meta"] = ({"gps": [45 + math.degrees(i / EARTH_RADIUS_M), 9.0, 100.0 + i]} if kind == "gps"
+                               else {"pose": [float(i), 0.0, 2.0]})
+            made[kind] = tmp_path_factory.mktemp(f"pos-{kind}") / f"corridor-{kind}.segmap"
+            b.write(made[kind])
+        return made[kind]
+    return make

@@ -57,3 +57,46 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_device_choice_refuses_what_is_not_here_and_names_the_extra(monkeypatch):
+    import onnxruntime as ort
+
+    from segvlad_edge.runtime.backends import check_device, device_choice
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert device_choice("cpu", False) == ("onnx", ("cpu",))
+    assert device_choice("auto", False) == (None, ("cpu",))
+    for device in ("cuda", "tensorrt"):
+        with pytest.raises(BackendError, match=r"not available here.*\[gpu\] extra"):
+            device_choice(device, False)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert device_choice("cuda", False) == ("onnx", ("cuda", "cpu"))
+
+    class FellBack:                                   # onnxruntime-gpu without CUDA libraries runs on CPU
+        provider = "CPUExecutionProvider"
+    with pytest.raises(BackendError, match="created the session on CPUExecutionProvider, not CUDAExecutionProvider"):
+        check_device("cuda", FellBack())
+    check_device("auto", FellBack())
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
+def test_localize_names_engine_provider_threads_and_refuses_a_missing_gpu(corridor_bundle, engines_dir, datasets,
+                                                                          tmp_path):
+    import onnxruntime as ort
+
+    def localize(*extra):
+        return subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", "localize", "--map", str(corridor_bundle),
+                               "--images", str(tmp_path), "--engines", str(engines_dir), *extra],
+                              capture_output=True, text=True)
+    (tmp_path / "q.jpg").write_bytes((datasets / "corridor" / "query" / "0000004.jpg").read_bytes())
+    r = localize("--device", "cpu", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [f"info: engine {engines_dir / 'dinov2_vits14_imgfocus_b10-value_224x168.onnx'}, "
+                                     "provider CPUExecutionProvider, threads 2"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        r = localize("--device", "cuda")
+        assert r.returncode == 1 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+        assert r.stderr.startswith("error: --device cuda is not available here") and "[gpu] extra" in r.stderr
+        r = localize("--device", "tensorrt")
+        assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "no TensorRT plan is built" in r.stderr
