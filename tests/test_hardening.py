@@ -301,15 +301,21 @@ def test_localize_output_is_always_valid_json():
         B.write_arrays("/nonexistent/never.segmap", b.meta, {})           # allow_nan=False, before any file
 
 
+def _nest(children):
+    return st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+                           _nest, max_leaves=6)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_header_semantics(tmp_path, data):
     """Any header field replaced by any JSON value (checksums re-sealed): a valid bundle or a BundleError."""
     p = tmp_path / "fuzz.segmap"
     make_bundle().write(p)
-    value = data.draw(st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
-                                   | st.text(max_size=8), lambda c: st.lists(c, max_size=3)
-                                   | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6))
+    value = data.draw(JSON_VALUES)
 
     def mutate(h):
         node, key = h["meta"], None
