@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segvlad_edge.engines.manifest import default_engines_dir, find_engine
+from segvlad_edge.engines.manifest import EngineError, default_engines_dir, find_engine
 from segvlad_edge.runtime.backends import open_engine
 from segvlad_edge.runtime.features import normalise
 
@@ -34,7 +34,7 @@ class SamSegmenter:
         enc = find_engine(folder, "sam_encoder")
         dec = find_engine(folder, "sam_decoder")
         if enc.source.get("sha256") != dec.source.get("sha256"):
-            raise ValueError(f"SAM encoder {enc.file} and decoder {dec.file} come from different checkpoints")
+            raise EngineError(f"SAM encoder {enc.file} and decoder {dec.file} come from different checkpoints; rebuild both with build-engines --sam")
         return cls(open_engine(enc, providers), open_engine(dec, providers), enc.model["mean"], enc.model["std"], **conf)
 
     def embed(self, image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
