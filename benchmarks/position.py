@@ -27,12 +27,12 @@ from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime import mapping, position
 from segvlad_edge.runtime.features import DenseFeatureExtractor
 from segvlad_edge.runtime.images import list_images, load_image
-from segvlad_edge.runtime.localizer import Localizer
+from segvlad_edge.runtime.localizer import RANK_DEPTH, Localizer
 from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
 from segvlad_edge.runtime.temporal import SequenceFilter
 
 SETS = {"corridor": ("ref", "query"), "gardens_point_day": ("day_left", "day_right")}
-KEEP = 10                                   # ranked images cached per query
+KEEP = RANK_DEPTH                           # ranked images cached per query: the whole ranking
 
 
 def number(name: str) -> int:
@@ -53,19 +53,18 @@ def build(root: Path, map_dir: str, out: Path, threads: int) -> Path:
 
 
 def rankings(name: str, root: Path, cache: Path, threads: int) -> tuple[Localizer, dict]:
-    """Per query (in order): truth, confident?, ranked images/scores, and the filter's position error."""
+    """Per query in order (frames with a ranking): truth, confident?, the ranked images/scores (all
+    ``RANK_DEPTH`` <= KEEP of them, -1 / 0 padded: what the temporal filter sees)."""
     map_dir, query_dir = SETS[name]
     loc = Localizer.from_bundle(build(root, map_dir, cache / f"{name}.segmap", threads), threads=threads)
     path = cache / f"{name}.rankings.npz"
     if path.exists():
         return loc, dict(np.load(path))
-    filt = SequenceFilter(len(loc.names))
-    rows = {"truth": [], "confident": [], "images": [], "scores": [], "filtered_error": []}
+    rows = {"truth": [], "confident": [], "images": [], "scores": []}
     for p in list_images(root / query_dir):
         ans = loc.localize(load_image(p))
         if ans.ranked is None:
             continue
-        filt.update(ans.ranked.images, ans.ranked.scores)
         truth = number(p.name)
         images = np.full(KEEP, -1, np.int64)
         scores = np.zeros(KEEP, np.float64)
@@ -75,7 +74,6 @@ def rankings(name: str, root: Path, cache: Path, threads: int) -> tuple[Localize
         rows["confident"].append(ans.match is not None)
         rows["images"].append(images)
         rows["scores"].append(scores)
-        rows["filtered_error"].append(abs(filtered_position(loc, filt.belief)["x"] - truth))
     data = {k: np.asarray(v) for k, v in rows.items()}
     np.savez(path, **data)
     return loc, data
@@ -95,6 +93,16 @@ def errors(loc: Localizer, d: dict, agree: float, candidates: int) -> tuple[np.n
         err.append(abs(mean[0] - truth))
         sig.append(sigma)
     return np.asarray(err), np.asarray(sig)
+
+
+def filtered_errors(loc: Localizer, d: dict) -> np.ndarray:
+    """Errors of the temporal filter's position (``--filter``) over all queries in order."""
+    filt, err = SequenceFilter(len(loc.names)), []
+    for truth, images, scores in zip(d["truth"], d["images"], d["scores"]):
+        keep = images >= 0
+        filt.update(images[keep], scores[keep].astype(np.float32))
+        err.append(abs(filtered_position(loc, filt.belief)["x"] - truth))
+    return np.asarray(err)
 
 
 def bootstrap_mean(d: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -118,7 +126,7 @@ def main() -> None:
     for name, (loc, d) in runs.items():
         e, s = errors(loc, d, *default)
         t, _ = errors(loc, d, 0.0, 1)                       # the best match alone
-        f = d["filtered_error"]
+        f = filtered_errors(loc, d)
         lo, hi = bootstrap_mean(e - t)
         print(f"{name:18s} {d['confident'].mean():8.2f} {np.median(e):8.2f} {np.percentile(e, 90):8.2f} "
               f"{np.median(t):8.2f} {np.percentile(t, 90):8.2f}  [{lo:+7.2f}, {hi:+7.2f}]  {np.mean(e <= 2 * s):8.2f} "

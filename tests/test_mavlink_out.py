@@ -119,3 +119,31 @@ def test_localize_streams_real_frames_to_an_autopilot(positioned_bundle, engines
     assert [(g.lat, g.lon) for g in gps] == [(round(p["lat"] * 1e7), round(p["lon"] * 1e7)) for p in sent]
     assert [g.horiz_accuracy for g in gps] == pytest.approx([p["sigma_m"] for p in sent])
     assert [g.alt for g in gps] == pytest.approx([p["alt"] for p in sent])
+
+
+def test_serial_link_writes_raw_mavlink_to_a_tty():
+    """A pseudo-terminal stands in for the telemetry UART: what arrives on the other side decodes."""
+    import os
+    import select
+
+    from pymavlink.dialects.v20 import common
+
+    master, slave = os.openpty()
+    try:
+        sink = MavlinkSink(f"mavlink:serial:{os.ttyname(slave)}:921600", "local", heartbeat_s=10)
+        sink.write({"timestamp": 5.0, "confidence": 0.95, "position": {"x": 1.0, "y": 2.0, "z": 3.0, "sigma_m": 0.2}})
+        sink.close()
+        data = b""
+        while True:
+            if not select.select([master], [], [], 0.5)[0]:
+                break
+            data += os.read(master, 4096)
+        msgs = common.MAVLink(None).parse_buffer(data) or []
+        types = [m.get_type() for m in msgs]
+        assert "HEARTBEAT" in types and types.count("ODOMETRY") == 1
+        odo = msgs[types.index("ODOMETRY")]
+        assert (odo.x, odo.y, odo.z, odo.quality) == (1.0, 2.0, 3.0, 95)
+        assert odo.pose_covariance[11] == pytest.approx(0.04)
+    finally:
+        os.close(master)
+        os.close(slave)
