@@ -6,7 +6,7 @@ sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)
     {"schema": "segvlad-edge/localize/1", "query": str, "frame": int, "timestamp": float (unix s),
      "top": [{"name": str, "score": float, "meta"?: {...}}], "match": str | null,
      "confidence": float, "similarity": float, "segments": int, "ms": {stage: ms, "total": ms},
-     "filtered"?: {"name": str, "probability": float}, "error"?: str}
+     "filtered"?: {"name": str | null, "probability": float, "state": "tracking" | "lost"}, "error"?: str}
 
 ``match`` is null for "no confident match" (confidence below the map's threshold, a blank
 frame, a frame without segments, or an undecodable frame, which also has ``error``).
@@ -71,7 +71,8 @@ def record(frame, ans, filtered: tuple[str, float] | None, total_ms: float) -> d
            "segments": ans.segments if ans else 0,
            "ms": {**(ans.ms if ans else {}), "total": round(total_ms, 2)}}
     if filtered is not None:
-        rec["filtered"] = {"name": filtered[0], "probability": round(filtered[1], 4)}
+        rec["filtered"] = {"name": filtered[0], "probability": round(filtered[1], 4),
+                           "state": "lost" if filtered[0] is None else "tracking"}
     if frame.error:
         rec["error"] = frame.error
     return rec
@@ -97,8 +98,8 @@ def main(localizer, source, sink: JsonSink, conf: dict | None = None, stop: thre
         if frame.image is not None:
             ans = localizer.localize(frame.image, top=conf["top"])
             if filt is not None and ans.ranked is not None:
-                best, p = filt.update(ans.ranked.images, ans.ranked.scores)
-                filtered = (localizer.names[best], p)
+                best, p = filt.update(ans.ranked.images, ans.ranked.scores, ans.match is not None)
+                filtered = (None if filt.lost else localizer.names[best], p)
             if vis_dir is not None and ans.top:
                 save_explanation(localizer, frame.image, ans, vis_dir / f"{frame.index:06d}.png")
         else:

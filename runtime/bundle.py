@@ -27,12 +27,15 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 MAGIC = b"SEGVLAD-MAP\r\n\x1a\n\x00"
-FORMAT_VERSION = 2          # 2: vocabulary/PCA may come from a domain fit (meta["fit"])
+FORMAT_VERSION = 3          # 2: vocabulary/PCA may come from a domain fit (meta["fit"]); 3: spatial
+                            # verification data (verify_*), confidence calibrated in verified inliers
 PREFIX = struct.Struct("<16sIQ32s")
 ALIGN = 64
 MAX_HEADER_BYTES = 64 << 20
 DTYPES = {"float16", "float32", "int32", "uint8"}
 REQUIRED = {"descriptors": "float16", "segments_per_image": "int32", "segment_labels": "uint8"}
+MMAP_ARRAYS = {"verify_codes"}        # read per shortlist: memory-mapped, not held in RAM
+VERIFY_ARRAYS = {"verify_mean": ("float32", 1), "verify_components": ("float32", 2), "verify_codes": ("float16", 3)}
 
 
 class BundleError(ValueError):
@@ -47,7 +50,9 @@ class MapBundle:
     ``meta["fit"]["source"] == "map"``, ``vocab_centers [K, D] float32``, ``pca_mean [K*D]``,
     ``pca_components [d, K*D]``, ``pca_scale [d]``; a domain-fitted bundle instead names the
     domain file kept beside the engines and its sha256 in ``meta["fit"]``; ``calib_negatives
-    [<=I] float32`` calibrates the confidence (runtime/confidence.py)."""
+    [<=I] float32`` calibrates the confidence (runtime/confidence.py); spatial verification
+    (runtime/verification.py): ``verify_mean [C] float32``, ``verify_components [d, C] float32``
+    and ``verify_codes [I, h*w, d] float16`` (memory-mapped on read)."""
 
     meta: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -122,6 +127,7 @@ class MapBundle:
         if calib is not None and (calib.dtype != np.float32 or calib.ndim != 1 or len(calib) > len(images)
                                   or not np.all(np.isfinite(calib))):
             raise BundleError(f"{where}: confidence calibration table is malformed")
+        self._validate_verification(where)
         fit = m.get("fit")
         if not isinstance(fit, dict) or fit.get("source") not in ("map", "domain"):
             raise BundleError(f"{where}: the vocabulary/PCA source ('fit') is missing or unknown")
@@ -132,6 +138,29 @@ class MapBundle:
                 raise BundleError(f"{where}: domain fit reference is incomplete or names an unsafe file")
             return
         check_models(a, m["settings"], desc.shape[1], where)
+
+    def _validate_verification(self, where) -> None:
+        """The verification arrays come all together, agree with each other, the image table and the patch grid."""
+        a, grid = self.arrays, self.meta["engine"]["patch_grid"]
+        present = [n for n in VERIFY_ARRAYS if n in a]
+        if not present:
+            return
+        if len(present) != len(VERIFY_ARRAYS):
+            raise BundleError(f"{where}: spatial verification arrays are incomplete ({', '.join(present)})")
+        for name, (dtype, ndim) in VERIFY_ARRAYS.items():
+            if a[name].dtype.name != dtype or a[name].ndim != ndim:
+                raise BundleError(f"{where}: array {name!r} should be {ndim}-d {dtype}")
+        d, c = a["verify_components"].shape
+        if a["verify_mean"].shape != (c,) or a["verify_codes"].shape != (len(self.images), grid[0] * grid[1], d):
+            raise BundleError(f"{where}: spatial verification arrays disagree with each other, the image table "
+                              "or the patch grid")
+        s = self.meta["settings"]
+        if not (isinstance(s.get("verify_top"), int) and 0 <= s["verify_top"] <= 1000
+                and s.get("verify_model") in ("similarity", "affine")
+                and isinstance(s.get("verify_threshold"), (int, float)) and 0 < s["verify_threshold"] <= 100
+                and isinstance(s.get("verify_min_sim"), (int, float)) and -1 <= s["verify_min_sim"] <= 1
+                and isinstance(s.get("verify_gain"), (int, float)) and 0 <= s["verify_gain"] <= 100):
+            raise BundleError(f"{where}: spatial verification settings are missing or out of range")
 
 
 def check_models(a: dict, settings: dict, dims: int | None, where) -> None:
@@ -248,6 +277,19 @@ def _read_array(f, path: Path, name: str, e: dict, start: int, size: int) -> np.
     if start + offset + nbytes > size:
         raise BundleError(f"{path}: array {name!r} extends past the end of the file: truncated")
     f.seek(start + offset)
+    if name in MMAP_ARRAYS:                     # checked in chunks, then mapped (pages read on use)
+        h, left = hashlib.sha256(), nbytes
+        while left:
+            chunk = f.read(min(left, 1 << 22))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+        if left or h.hexdigest() != sha:
+            raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")
+        if nbytes == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=start + offset, shape=tuple(shape))
     data = f.read(nbytes)
     if len(data) != nbytes or hashlib.sha256(data).hexdigest() != sha:
         raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")

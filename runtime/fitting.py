@@ -29,8 +29,7 @@ from segvlad_edge.runtime.bundle import BundleError, check_models, read_arrays, 
 from segvlad_edge.runtime.features import FeatureMap
 from segvlad_edge.runtime.images import ImageError, load_image
 from segvlad_edge.runtime.pca import Pca
-from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
-from segvlad_edge.runtime.supersegments import SuperSegments
+from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, grow
 from segvlad_edge.runtime.vlad import Vocabulary
 
 DOMAIN_FORMAT = "segvlad-edge domain"
@@ -50,10 +49,18 @@ def _work_file(work: Path, name: str) -> Path:
     return work / (hashlib.sha1(name.encode()).hexdigest()[:20] + ".npz")
 
 
-def load_frame(path: Path, order: int) -> FrameSegments:
+def load_features(path: Path) -> np.ndarray:
+    """``[P, C] float32`` patch features of one work file."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["features"].astype(np.float32)
+
+
+def load_frame(path: Path, conf: dict) -> FrameSegments:
+    """A work file -> the frame with its SuperSegments grown by the settings ``conf``."""
     with np.load(path, allow_pickle=False) as z:
         feats, masks, grid = z["features"].astype(np.float32), z["masks"], tuple(int(g) for g in z["grid"])
-    return FrameSegments(FeatureMap(feats, grid), masks, SuperSegments.from_masks(masks, grid, order))
+    ss, kept = grow(masks, grid, conf)
+    return FrameSegments(FeatureMap(feats, grid), masks, ss, kept=kept)
 
 
 def _save_frame(path: Path, frame: FrameSegments) -> None:
@@ -206,8 +213,7 @@ def main(images: list[tuple[str, Path]], pipeline: FramePipeline, work: Path, so
     if not images:
         raise FitError("no images to fit a domain vocabulary on")
     kept, skipped, _ = extract_frames(images, work, pipeline, progress)
-    order = pipeline.conf["order"]
-    fit_models(pipeline, lambda: (load_frame(wf, order) for _, wf in kept), len(kept), np.random.default_rng(0),
+    fit_models(pipeline, lambda: (load_frame(wf, pipeline.conf) for _, wf in kept), len(kept), np.random.default_rng(0),
                progress)
     path, size = save_domain(pipeline, sources, len(kept), out)
     return path, size, len(kept), skipped

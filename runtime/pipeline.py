@@ -23,33 +23,54 @@ from segvlad_edge.runtime.vlad import VladAggregator, Vocabulary
 
 NO_SEGMENT = 255
 
+# Spatial verification of the shortlist (runtime/verification.py), shared by every method:
+# top-N map images re-ranked by RANSAC inliers of mutual-NN matches of PCA-coded patches (the
+# retrieval's first stays first unless another has more than verify_gain times its inliers).
+VERIFY_CONF = {"verify_top": 10, "verify_dims": 64, "verify_model": "similarity", "verify_threshold": 1.5,
+               "verify_min_sim": 0.0, "verify_gain": 1.5}
 CONFS = {
     "segvlad": {"segmenter": "featclust", "segmenter_conf": {}, "order": 3, "vocab_k": 32, "pca_dims": 256,
-                "whiten": False, "top_k": 50, "norm": "query"},
+                "whiten": False, "top_k": 50, "norm": "query", **VERIFY_CONF},
     "grid": {"segmenter": "grid", "segmenter_conf": {}, "order": 3, "vocab_k": 32, "pca_dims": 256,
-             "whiten": False, "top_k": 50, "norm": "query"},
+             "whiten": False, "top_k": 50, "norm": "query", **VERIFY_CONF},
     "global": {"segmenter": "whole", "segmenter_conf": {}, "order": 0, "vocab_k": 32, "pca_dims": None,
-               "whiten": False, "top_k": 50, "norm": "none"},
+               "whiten": False, "top_k": 50, "norm": "none", **VERIFY_CONF, "verify_top": 0},
 }
 DEFAULT_METHOD = "segvlad"
 
 
+def grow(masks: np.ndarray, grid: tuple[int, int], conf: dict) -> tuple[SuperSegments, np.ndarray | None]:
+    """Base ``masks [S, P] bool`` (non-empty) -> their SuperSegments at ``conf["order"]`` and, when
+    ``conf["overlap_psi"]`` is set, only those kept by overlap filtering, with ``kept [K] int``
+    (their base segments; None: all kept)."""
+    ss = SuperSegments.from_masks(masks, grid, conf["order"])
+    if conf.get("overlap_psi") is None:
+        return ss, None
+    kept = ss.keep_distinct(float(conf["overlap_psi"]))
+    return ss.subset(kept), kept
+
+
 @dataclass
 class FrameSegments:
-    """One frame before aggregation: features, base ``masks [S, P] bool`` and their SuperSegments."""
+    """One frame before aggregation: features, base ``masks [S, P] bool``, the SuperSegments
+    described and ``kept [K] int``: the base segment of each SuperSegment (None: SuperSegment s
+    grew from base segment s)."""
 
     fmap: FeatureMap
     masks: np.ndarray
     supersegments: SuperSegments
     ms: dict = field(default_factory=dict)
+    kept: np.ndarray | None = None
 
     def label_map(self) -> np.ndarray:
-        """``[P] uint8``: the smallest base segment covering each patch (NO_SEGMENT where none)."""
+        """``[P] uint8``: the SuperSegment whose base segment is the smallest covering each patch
+        (NO_SEGMENT where none)."""
         labels = np.full(self.masks.shape[1], NO_SEGMENT, np.uint8)
-        if len(self.masks):
-            area = self.masks.sum(1)
+        base = np.arange(len(self.masks)) if self.kept is None else self.kept
+        if len(base):
+            area = self.masks[base].sum(1)
             for s in np.argsort(-area)[-(NO_SEGMENT - 1):]:      # large first, small overwrite
-                labels[self.masks[s]] = min(s, NO_SEGMENT - 1)
+                labels[self.masks[base[s]]] = min(s, NO_SEGMENT - 1)
         return labels
 
 
@@ -79,10 +100,10 @@ class FramePipeline:
         masks = self.segmenter(image_bgr, fmap)
         masks = masks[masks.any(1)]
         t2 = time.perf_counter()
-        ss = SuperSegments.from_masks(masks, fmap.grid, self.conf["order"])
+        ss, kept = grow(masks, fmap.grid, self.conf)
         t3 = time.perf_counter()
         return FrameSegments(fmap, masks, ss, {"features": 1e3 * (t1 - t0), "segments": 1e3 * (t2 - t1),
-                                                "supersegments": 1e3 * (t3 - t2)})
+                                                "supersegments": 1e3 * (t3 - t2)}, kept)
 
     def vlad(self, frame: FrameSegments) -> np.ndarray:
         """``[S, K*D] float32`` VLAD of each SuperSegment."""

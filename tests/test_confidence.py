@@ -31,10 +31,13 @@ def test_held_back_calibration_and_no_match_frames(corridor_bundle, engines_dir,
     from segvlad_edge.runtime.localizer import Localizer
 
     b = MapBundle.read(corridor_bundle)
-    calib = b.arrays["calib_negatives"]
+    calib, calib_inliers = b.arrays["calib_negatives"], b.arrays["calib_inliers"]
     assert 50 <= len(calib) <= 111 and np.all(np.diff(calib) >= 0) and 0 <= calib[0] and calib[-1] <= 1
+    assert len(calib_inliers) == len(calib) and np.all(np.diff(calib_inliers) >= 0) and calib_inliers[0] >= 0
     loc = Localizer.from_bundle(corridor_bundle, engines_dir)
-    np.testing.assert_allclose(held_back_negatives(loc), calib)
+    again = held_back_negatives(loc)
+    np.testing.assert_allclose(again["calib_negatives"], calib)
+    np.testing.assert_allclose(again["calib_inliers"], calib_inliers)
     gt = json.loads((datasets / "corridor" / "gt.json").read_text())
     right, answered = [], []
     for p in list_images(datasets / "corridor" / "query")[::3]:
@@ -68,3 +71,36 @@ def test_temporal_filter_suppresses_a_one_frame_flip():
     for _ in range(6):                                 # a real move is followed after a few frames
         best, p = f.update(np.array([80]), np.array([5.0]))
     assert best == 80 and p > 0.2
+
+
+def test_temporal_filter_gets_lost_after_a_run_of_refusals_and_recovers():
+    f = SequenceFilter(100, window=2, lost_after=3)
+    for i in range(5):
+        best, _ = f.update(np.array([20 + i, 21 + i]), np.array([5.0, 3.0]))
+    assert not f.lost and abs(best - 24) <= 1
+    for _ in range(2):                                 # two refusals: still tracking, the belief carried on
+        best, _ = f.update(np.array([70]), np.array([5.0]), confident=False)
+    assert not f.lost and abs(best - 24) <= 3
+    f.update(np.array([70]), np.array([5.0]), confident=False)
+    assert f.lost and f.belief.max() < 2 / 100           # third refusal: lost, belief spread out
+    f.update(np.array([71]), np.array([5.0]), confident=False)
+    assert f.lost
+    best, p = f.update(np.array([60, 61]), np.array([5.0, 4.0]))      # a confident match ends "lost"
+    assert not f.lost and best in (60, 61)
+
+
+def test_verified_confidence_grows_with_inliers_around_the_maps_no_match_level():
+    from segvlad_edge.runtime.confidence import MIN_INLIERS, no_match_level
+
+    calib = np.sort(np.concatenate([np.zeros(80), np.full(20, 2.0 * MIN_INLIERS)])).astype(np.float32)
+    assert no_match_level(calib) == 2 * MIN_INLIERS                     # the 90% quantile of the held-back inliers
+    assert no_match_level(np.zeros(50, np.float32)) == MIN_INLIERS      # never below the floor
+    assert no_match_level(None) == MIN_INLIERS
+
+    def conf(inliers):
+        r = Ranked(np.array([3, 40]), np.array([5.0, 1.0]), match_sim=0.5, inliers=np.array([inliers, 2]))
+        return confidence(r, None, calib_inliers=calib)
+
+    values = [conf(i) for i in (0, 5, 2 * MIN_INLIERS, 4 * MIN_INLIERS, 500)]
+    assert values[0] == 0 and values == sorted(values) and values[-1] > 0.99
+    assert conf(2 * MIN_INLIERS) == 0.5                                  # at the no-match level: a coin toss
