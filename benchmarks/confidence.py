@@ -32,11 +32,10 @@ import numpy as np
 from benchmarks.compare import build_map
 from benchmarks.featcache import DEFAULT_CACHE, cached_features
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, WINDOW, held_back_negatives
+from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, RANK_DEPTH, WINDOW, held_back_negatives
 from segvlad_edge.runtime.datasets import load_dataset
 from segvlad_edge.runtime.features import DenseFeatureExtractor
 from segvlad_edge.runtime.images import list_images
-from segvlad_edge.runtime.localizer import RANK_DEPTH
 from segvlad_edge.runtime.pipeline import CONFS, DEFAULT_METHOD
 
 SETS = ("corridor", "gardens_point_day", "wxbs")
@@ -87,9 +86,7 @@ def main():
         foreign += list_images(root / "toy_unlabelled")
         feats = cached_features(ext, sorted(set(ds.map_images) | set(ds.queries) | set(foreign)), a.cache, False)
         loc, frames, desc = build_map(ds, feats, conf, a.seed, ext)
-        loc.bundle.arrays.update(held_back_negatives(loc))           # what mapping.main stores
-        loc.calib, loc.calib_inliers = loc.bundle.arrays["calib_negatives"], loc.bundle.arrays.get("calib_inliers")
-        saved[f"{name}/calib_inliers"] = loc.calib_inliers
+        loc.calib = loc.bundle.arrays["calib_negatives"] = held_back_negatives(loc)   # what mapping.main stores
         picks = [int(i) for i in np.linspace(0, len(ds.queries) - 1, 30).astype(int)]
         variants = {"blurred": cached_features(ext, [ds.queries[i] for i in picks], a.cache, False, motion_blur, "blur21"),
                     "dark": cached_features(ext, [ds.queries[i] for i in picks], a.cache, False, dark, "dark25g15")}

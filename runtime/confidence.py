@@ -1,25 +1,27 @@
-"""Confidence of an answer: is the frame's place in the map at all? Calibrated on the map.
+"""Confidence of an answer: is the frame's place in the map at all?
 
-A frame's match score is ``margin x similarity``:
+Verified maps (the default): the evidence is the number of verified inliers of the answer
+(runtime/verification.py), ``confidence = 1 / (1 + a (T / inliers) ** STEEPNESS)``, with ``T =
+ANSWER_INLIERS`` the inliers that make ``NO_MATCH_BELOW``. Chance agreement does not grow with
+the patch grid: frames of gardens_point_day against a corridor map have 5/6.5/11 inliers on the
+224x168 engine (192 patches), as on the 448x336 one, so ``T`` is one number. Measured with ``python benchmarks/confidence.py`` (448x336, the three
+shared sets pooled): the best answer of a frame of a place in no map has 6/8/11 inliers
+(p10/p50/p90, 306 frames), an in-map query 9/52/99 (403). At 16 inliers, 0.3% of foreign
+frames and 3% of darkened frames are answered, against 81% of in-map queries. Inliers cannot
+tell a place from its neighbour a few metres on: a query whose correct images were removed from
+a sequential map still matches the next ones (70% answered); a threshold on the ratio to the
+best far rival would refuse those at the price of half the in-map answers, so it is not used.
+Held-back calibration (map images localised with their place removed) overestimates the no-match
+level on dense sequences for the same reason (corridor: p50 165 inliers), so verified maps use a
+fixed level.
 
-- place margin ``(s1 - s2) / s1``: ``s1`` the best map image's score, ``s2`` the best score
-  among map images more than ``window`` positions away from it in map order (neighbouring
-  frames of a sequence show the same place and are not competitors);
-- similarity: the mean over the frame's SuperSegments of their best hit's similarity.
-
-The reference is what a frame of a place that is *not* in the map scores. At build time up to
-``HELD_BACK`` map images, evenly spread, are localised with their own place removed (the image
-and its ``window`` neighbours on each side excluded from the ranking); their sorted scores go
-into the bundle (``calib_negatives``). A frame's confidence is the fraction of those no-match
-scores below its own: 0.9 means it outscores 90% of frames whose place is missing from the map.
-Below ``NO_MATCH_BELOW`` the answer is "no confident match". Maps too small to hold a place back
-fall back to the raw margin.
-
-Measured with ``python benchmarks/confidence.py`` (448x336 engine, map-fitted maps): at 0.7,
-corridor answers 57% of queries whose place is in the map (Recall@1 0.905 among them, 0.784 over
-all), 20% of queries whose place was removed from the map and none of 50 gardens frames;
-gardens_point_day answers 85% (0.918 vs 0.885), 41% and 8% of 50 corridor frames. At 0.5 it
-answers more (70% / 92%) but also 42-57% of place-removed queries and 8-34% of foreign frames.
+Unverified maps (``verify_top`` 0, e.g. ``global``): a frame's match score is ``margin x
+similarity`` -- place margin ``(s1 - s2) / s1`` with ``s2`` the best score more than ``window``
+map images away from the best, times the mean best-hit similarity of the frame's segments --
+compared with what frames of places *not* in the map score: up to ``HELD_BACK`` map images
+localised at build time with their place (the image and ``window`` neighbours) removed, sorted
+into the bundle (``calib_negatives``). The confidence is the share of those below the frame's.
+Below ``NO_MATCH_BELOW`` the answer is "no confident match".
 """
 from __future__ import annotations
 
@@ -29,8 +31,7 @@ HELD_BACK = 200
 WINDOW = 2
 NO_MATCH_BELOW = 0.7
 RANK_DEPTH = 4 * WINDOW + 2     # images ranked per frame (margin rivals, temporal filter, verification)
-MIN_INLIERS = 20                # floor of a map's no-match inlier level
-LEVEL_QUANTILE = 0.9
+ANSWER_INLIERS = 16             # verified inliers that make NO_MATCH_BELOW
 STEEPNESS = 4.0
 
 
@@ -48,36 +49,23 @@ def match_score(ranked, window: int = WINDOW) -> float:
     return place_margin(ranked.images, ranked.scores, window) * max(float(ranked.match_sim), 0.0)
 
 
-def held_back_negatives(localizer, n: int = HELD_BACK, window: int = WINDOW) -> dict[str, np.ndarray]:
-    """What frames of places *not* in the map score: up to ``n`` map images, evenly spread, localised
-    with their place (the image and ``window`` neighbours each side) removed, exact search, the
-    shortlist verified with the image's own stored patch codes. Returns sorted ``[<=n] float32``
-    ``calib_negatives`` (match scores) and, where the map has verification data, ``calib_inliers``
-    (the verified inliers of the best answer)."""
+def held_back_negatives(localizer, n: int = HELD_BACK, window: int = WINDOW) -> np.ndarray:
+    """Sorted ``[<=n] float32`` match scores of map images localised with their place removed
+    (exact search over the rest of the map): the calibration of unverified maps."""
     counts = localizer.bundle.arrays["segments_per_image"]
-    codes = localizer.bundle.arrays.get("verify_codes")
-    out = {"calib_negatives": np.zeros(0, np.float32)}
-    if codes is not None:
-        out["calib_inliers"] = np.zeros(0, np.float32)
     if len(counts) < 2 * window + 3:
-        return out
+        return np.zeros(0, np.float32)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     desc = localizer.bundle.arrays["descriptors"]
-    scores, inliers = [], []
+    scores = []
     for i in np.unique(np.linspace(0, len(counts) - 1, min(n, len(counts))).round().astype(int)):
         if counts[i] == 0:
             continue
         place = range(max(0, i - window), min(len(counts), i + window + 1))
-        r = localizer.rank_descriptors(desc[offsets[i]:offsets[i + 1]], top=RANK_DEPTH, exact=True,
+        r = localizer.rank_descriptors(desc[offsets[i]:offsets[i + 1]], top=2 * window + 2, exact=True,
                                        exclude_images=place)
         scores.append(match_score(r, window))
-        if codes is not None:
-            v = localizer.verify(r, np.asarray(codes[i]))
-            inliers.append(top_inliers(v))
-    out["calib_negatives"] = np.sort(np.asarray(scores, np.float32))
-    if codes is not None:
-        out["calib_inliers"] = np.sort(np.asarray(inliers, np.float32))
-    return out
+    return np.sort(np.asarray(scores, np.float32))
 
 
 def top_inliers(ranked) -> int:
@@ -87,21 +75,17 @@ def top_inliers(ranked) -> int:
     return max(int(ranked.inliers[0]), 0)
 
 
-def no_match_level(calib_inliers: np.ndarray | None) -> float:
-    """The map's no-match inlier level: the ``LEVEL_QUANTILE`` quantile of its held-back inliers,
-    at least ``MIN_INLIERS``."""
-    if calib_inliers is None or len(calib_inliers) == 0:
-        return float(MIN_INLIERS)
-    return max(float(MIN_INLIERS), float(np.quantile(calib_inliers, LEVEL_QUANTILE)))
-
-
-def confidence(ranked, calib: np.ndarray | None, window: int = WINDOW, calib_inliers: np.ndarray | None = None) -> float:
-    """A ranking -> confidence in [0, 1]. Verified rankings: ``1 / (1 + (level / inliers) ** STEEPNESS)``
-    (0.5 at the map's no-match level); others: the share of the map's no-match scores below the
-    frame's match score (the raw margin without a calibration)."""
+def confidence(ranked, calib: np.ndarray | None, window: int = WINDOW) -> float:
+    """A ranking -> confidence in [0, 1]. Verified rankings: ``1 / (1 + a (T / inliers) ** STEEPNESS)``
+    with ``T = ANSWER_INLIERS`` and ``a`` such that ``T`` inliers give ``NO_MATCH_BELOW``;
+    others: the share of the map's no-match scores below the frame's match score (the raw margin
+    without a calibration)."""
     if ranked.inliers is not None:
         inl = top_inliers(ranked)
-        return round(1.0 / (1.0 + (no_match_level(calib_inliers) / inl) ** STEEPNESS), 4) if inl > 0 else 0.0
+        if inl == 0:
+            return 0.0
+        a = (1 - NO_MATCH_BELOW) / NO_MATCH_BELOW
+        return round(1.0 / (1.0 + a * (ANSWER_INLIERS / inl) ** STEEPNESS), 4)
     if calib is None or len(calib) == 0:
         return round(place_margin(ranked.images, ranked.scores, window), 4)
     return round(float(np.searchsorted(calib, match_score(ranked, window), side="left")) / len(calib), 4)

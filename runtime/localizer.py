@@ -69,7 +69,6 @@ class Localizer:
         self.segment_image = bundle.segment_image
         self.names = [img["name"] for img in bundle.images]
         self.calib = bundle.arrays.get("calib_negatives")
-        self.calib_inliers = bundle.arrays.get("calib_inliers")
         self.min_confidence = NO_MATCH_BELOW
 
     @classmethod
@@ -149,7 +148,7 @@ class Localizer:
             if meta:
                 entry["meta"] = meta
             entries.append(entry)
-        conf = confidence(ranked, self.calib, calib_inliers=self.calib_inliers)
+        conf = confidence(ranked, self.calib)
         match = entries[0] if entries and conf >= self.min_confidence else None
         return Answer(entries, ranked.pairs[:top], {k: round(v, 2) for k, v in ms.items()}, segments, conf, match,
                       round(ranked.match_sim, 4), frame, ranked)

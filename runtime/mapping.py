@@ -88,7 +88,7 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
         bundle.meta["images_root"] = str(images_root)
     bundle.arrays.update(verification_arrays(lambda: (load_features(wf) for _, wf in kept), len(kept), pipeline.conf,
                                              np.random.default_rng(0)))
-    bundle.arrays.update(held_back_negatives(Localizer(bundle, pipeline)))
+    bundle.arrays["calib_negatives"] = held_back_negatives(Localizer(bundle, pipeline))
     size = bundle.write(out)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)

@@ -31,13 +31,10 @@ def test_held_back_calibration_and_no_match_frames(corridor_bundle, engines_dir,
     from segvlad_edge.runtime.localizer import Localizer
 
     b = MapBundle.read(corridor_bundle)
-    calib, calib_inliers = b.arrays["calib_negatives"], b.arrays["calib_inliers"]
+    calib = b.arrays["calib_negatives"]
     assert 50 <= len(calib) <= 111 and np.all(np.diff(calib) >= 0) and 0 <= calib[0] and calib[-1] <= 1
-    assert len(calib_inliers) == len(calib) and np.all(np.diff(calib_inliers) >= 0) and calib_inliers[0] >= 0
     loc = Localizer.from_bundle(corridor_bundle, engines_dir)
-    again = held_back_negatives(loc)
-    np.testing.assert_allclose(again["calib_negatives"], calib)
-    np.testing.assert_allclose(again["calib_inliers"], calib_inliers)
+    np.testing.assert_allclose(held_back_negatives(loc), calib)
     gt = json.loads((datasets / "corridor" / "gt.json").read_text())
     right, answered = [], []
     for p in list_images(datasets / "corridor" / "query")[::3]:
@@ -45,8 +42,8 @@ def test_held_back_calibration_and_no_match_frames(corridor_bundle, engines_dir,
         right.append(f"ref/{ans.top[0]['name']}" in gt[f"query/{p.name}"])
         answered.append(ans.match is not None)
     right, answered = np.array(right), np.array(answered)
-    assert 0.2 <= answered.mean() <= 0.95, answered.mean()
-    assert right[answered].mean() > right[~answered].mean()        # matches are right more often than refusals
+    assert answered.mean() >= 0.6, answered.mean()                  # the map's own places are answered
+    assert right[answered].mean() >= right.mean() - 1e-9 and right[answered].mean() >= 0.6
     rng = np.random.default_rng(0)
     for frame in (np.zeros((120, 160, 3), np.uint8), np.full((120, 160, 3), 200, np.uint8)):
         ans = loc.localize(frame)
@@ -56,7 +53,9 @@ def test_held_back_calibration_and_no_match_frames(corridor_bundle, engines_dir,
     # frames of another place entirely (gardens point) are refused more often than the map's own queries
     foreign = [loc.localize(load_image(p)) for p in list_images(datasets / "gardens_point_day" / "day_left")[::10]]
     refused = np.mean([a.match is None for a in foreign])
-    assert refused >= 0.5 and refused > 1 - answered.mean(), (refused, answered.mean())
+    assert refused >= 0.8 and refused > 1 - answered.mean(), (refused, answered.mean())
+    assert max(a.confidence for a in foreign) < max(a.confidence for a in [loc.localize(load_image(p)) for p in
+                                                                           list_images(datasets / "corridor" / "query")[:3]])
 
 
 def test_temporal_filter_suppresses_a_one_frame_flip():
@@ -89,18 +88,14 @@ def test_temporal_filter_gets_lost_after_a_run_of_refusals_and_recovers():
     assert not f.lost and best in (60, 61)
 
 
-def test_verified_confidence_grows_with_inliers_around_the_maps_no_match_level():
-    from segvlad_edge.runtime.confidence import MIN_INLIERS, no_match_level
-
-    calib = np.sort(np.concatenate([np.zeros(80), np.full(20, 2.0 * MIN_INLIERS)])).astype(np.float32)
-    assert no_match_level(calib) == 2 * MIN_INLIERS                     # the 90% quantile of the held-back inliers
-    assert no_match_level(np.zeros(50, np.float32)) == MIN_INLIERS      # never below the floor
-    assert no_match_level(None) == MIN_INLIERS
+def test_verified_confidence_grows_with_inliers_and_is_the_threshold_at_the_answer_level():
+    from segvlad_edge.runtime.confidence import ANSWER_INLIERS, NO_MATCH_BELOW
 
     def conf(inliers):
         r = Ranked(np.array([3, 40]), np.array([5.0, 1.0]), match_sim=0.5, inliers=np.array([inliers, 2]))
-        return confidence(r, None, calib_inliers=calib)
+        return confidence(r, np.array([0.9, 0.95], np.float32))          # the margin calibration is not used
 
-    values = [conf(i) for i in (0, 5, 2 * MIN_INLIERS, 4 * MIN_INLIERS, 500)]
+    values = [conf(i) for i in (0, 5, ANSWER_INLIERS - 1, ANSWER_INLIERS, 4 * ANSWER_INLIERS, 500)]
     assert values[0] == 0 and values == sorted(values) and values[-1] > 0.99
-    assert conf(2 * MIN_INLIERS) == 0.5                                  # at the no-match level: a coin toss
+    assert values[2] < NO_MATCH_BELOW == values[3]                      # the default threshold: T inliers
+    assert conf(ANSWER_INLIERS // 2) < 0.2
