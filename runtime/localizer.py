@@ -121,7 +121,7 @@ class Localizer:
             return None
         return PatchCoder(self.bundle.arrays["verify_mean"], self.bundle.arrays["verify_components"]).codes(features)
 
-    def verify(self, ranked: Ranked, codes: np.ndarray | None, top: int | None = None, ms: dict | None = None) -> Ranked:
+    def verify(self, ranked: Ranked, codes: np.ndarray | None, top: int | None = None) -> Ranked:
         """Re-rank the first ``top`` (default: the settings' ``verify_top``) images of ``ranked`` by
         spatial verification of the frame's patch ``codes [P, d]`` (``patch_codes``) against theirs;
         unchanged where there are no codes or ``top`` is 0."""
@@ -129,14 +129,10 @@ class Localizer:
         top = int(s.get("verify_top", 0)) if top is None else top
         if codes is None or top <= 0 or len(ranked.images) == 0:
             return ranked
-        t0 = time.perf_counter()
         checks = verify_shortlist(codes, self.bundle.arrays["verify_codes"], ranked.images[:top],
                                   tuple(self.bundle.meta["engine"]["patch_grid"]), model=s["verify_model"],
                                   threshold=float(s["verify_threshold"]), min_sim=float(s["verify_min_sim"]))
-        out = rerank_by_inliers(ranked, checks, float(s.get("verify_gain", 1.0)))
-        if ms is not None:
-            ms["verify"] = 1e3 * (time.perf_counter() - t0)
-        return out
+        return rerank_by_inliers(ranked, checks, float(s.get("verify_gain", 1.0)))
 
     def answer(self, ranked: Ranked, ms: dict, segments: int, top: int, frame=None) -> Answer:
         entries = []
@@ -164,5 +160,8 @@ class Localizer:
         if len(desc) == 0:
             return Answer([], [], {k: round(v, 2) for k, v in ms.items()}, 0, frame=frame)
         ranked = self.rank_descriptors(desc, max(top, RANK_DEPTH), exact, ms=ms)
-        ranked = self.verify(ranked, self.patch_codes(frame.fmap.features), ms=ms)
+        if int(self.bundle.meta["settings"].get("verify_top", 0)) > 0 and "verify_codes" in self.bundle.arrays:
+            t0 = time.perf_counter()
+            ranked = self.verify(ranked, self.patch_codes(frame.fmap.features))
+            ms["verify"] = 1e3 * (time.perf_counter() - t0)
         return self.answer(ranked, ms, len(desc), top, frame)
