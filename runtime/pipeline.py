@@ -5,8 +5,12 @@
 
 Named configurations are plain dicts (``CONFS``); ``segvlad`` is the product default,
 ``grid`` and ``global`` are the paper's / AnyLoc's baselines on the same engine. The defaults
-(featclust segments, o = 3, PCA 256 unwhitened) were chosen by ``benchmarks/sweep.py``: Recall@1
-pooled over corridor, gardens_point_day and wxbs (403 queries).
+(featclust segments, o = 3, PCA 256 unwhitened) were chosen by ``benchmarks/sweep.py`` and
+re-checked against denser segments (featclust at 12-32 clusters or 8 + 32 at once, an 8x8 grid,
+o = 1-2), top-K', voting and PCA size by ``benchmarks/compare.py`` (``benchmarks/compare_segments.log``):
+none beat them on Recall@1 pooled over corridor, gardens_point_day and wxbs. ``overlap_psi``
+(None: off) drops SuperSegments overlapping a kept one (runtime/supersegments.py); the
+``verify_*`` keys set the spatial verification (runtime/verification.py).
 """
 from __future__ import annotations
 
