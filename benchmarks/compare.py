@@ -1,6 +1,6 @@
 """Decide with statistics: methods and settings on cached features, with and without verification.
 
-    python benchmarks/compare.py [--sets corridor gardens_point_day wxbs] [--seeds 3] [--verify 10]
+    python -m benchmarks.compare [--sets corridor gardens_point_day wxbs] [--seeds 3] [--verify 10]
         [--variant NAME='{"base": "segvlad", "order": 1, ...}' ...] [--methods global segvlad grid]
 
 DINOv2 features come from the on-disk cache (benchmarks/featcache.py: computed once per image
@@ -35,7 +35,6 @@ from segvlad_edge.runtime.fitting import fit_models
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.mapping import make_bundle, verification_arrays
 from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
-from segvlad_edge.runtime.verification import rerank_by_inliers
 
 SETS = ("corridor", "gardens_point_day", "wxbs")
 DEPTH = 10

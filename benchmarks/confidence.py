@@ -1,6 +1,6 @@
 """Does "no match" hold? Frames whose place is in the map vs frames whose place is not.
 
-    python benchmarks/confidence.py [--sets corridor gardens_point_day wxbs] [--seed 0]
+    python -m benchmarks.confidence [--sets corridor gardens_point_day wxbs] [--seed 0]
 
 For each labelled set a map of its map images is built in memory from cached DINOv2 features
 (benchmarks/featcache.py) with the default settings, and frames are localised the product's
