@@ -107,6 +107,20 @@ class Optional:
 
 
 @dataclass(frozen=True)
+class OneOf:
+    """A value of the first of ``specs`` that accepts it (e.g. one count or a list of counts)."""
+    specs: tuple
+
+    def check(self, v, path: str = ""):
+        for spec in self.specs[:-1]:
+            try:
+                return spec.check(v, path)
+            except SchemaError:
+                pass
+        return self.specs[-1].check(v, path)
+
+
+@dataclass(frozen=True)
 class List:
     """A list (or tuple) of ``lo..hi`` items of ``item``; returned as a tuple."""
     item: Any

@@ -415,21 +415,33 @@ def explain(query, map_path, out, top, map_images, engines_dir, domain):
 
 
 @cli.command("eval")
-@click.argument("dataset_dir", type=click.Path(path_type=Path))
+@click.argument("dataset_dir", type=click.Path(path_type=Path), nargs=-1, required=True)
 @pipeline_options(compare=True)
 @fit_options
+@click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Score this existing bundle instead: the arguments are then folders of query images, correct "
+                   "when within 25 m of a map image (positions from @utm@ names or --metadata).")
+@click.option("--metadata", "metadata_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --map: CSV of query positions (name relative to its folder, lat, lon).")
 @click.option("--exact", is_flag=True, help="Exact search instead of HNSW.")
 @click.option("--json", "as_json", is_flag=True, help="Print each result as one JSON object (the last stdout line).")
 @click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write recall.png and per-method failure tables (PNG with thumbnails + CSV) here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain, exact, as_json,
-             report, quiet):
-    """Recall@1/5/10 of one or more methods (--method repeated) on a dataset with ground truth."""
+def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain, map_path,
+             metadata_csv, exact, as_json, report, quiet):
+    """Recall@1/5/10 of one or more methods (--method repeated) on a dataset with ground truth,
+    or of an existing map bundle (--map MAP QUERY_DIR...)."""
     from segvlad_edge.runtime import evaluate
     from segvlad_edge.runtime.datasets import load_dataset
 
+    if map_path is not None:
+        _eval_map(map_path, dataset_dir, metadata_csv, engines_dir, domain, threads, exact, as_json, quiet)
+        return
+    if len(dataset_dir) != 1:
+        raise click.UsageError("give one DATASET_DIR (several query folders only with --map)")
+    dataset_dir = dataset_dir[0]
     ds = load_dataset(dataset_dir)
     results, extractor = {}, None
     for method in dict.fromkeys(methods):
@@ -451,6 +463,30 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
 
         files = write_report(results, ds.root, report)
         click.echo(f"report: {', '.join(str(f) for f in files)}", err=as_json)
+
+
+def _eval_map(map_path, query_dirs, metadata_csv, engines_dir, domain, threads, exact, as_json, quiet):
+    """``eval --map``: an existing bundle scored on query folders with positions (25 m radius)."""
+    from segvlad_edge.runtime import evaluate, metadata
+    from segvlad_edge.runtime.datasets import from_positions
+    from segvlad_edge.runtime.localizer import Localizer
+
+    loc = Localizer.from_bundle(map_path, engines_dir, threads=threads, domain=domain)
+    root = Path(os.path.commonpath([d.resolve() for d in query_dirs]))
+    queries = [(p.resolve().relative_to(root).as_posix(), p.resolve()) for d in query_dirs for _, p in _image_list(d)]
+    meta = {n: metadata.from_name(n) for n, _ in queries}
+    if metadata_csv:
+        for n, m in metadata.read_csv(metadata_csv, [n for n, _ in queries]).items():
+            meta[n] = {**meta[n], **m}
+    ds = from_positions(root, loc.names, [img.get("meta", {}) for img in loc.bundle.images],
+                        [p for _, p in queries], [meta[n] for n, _ in queries])
+    r = evaluate.score(loc, ds, progress=not quiet and not as_json, exact=exact)
+    r["method"] = loc.bundle.meta["settings"]["segmenter"]
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in r.items() if k not in ("hits", "per_query")}))
+    else:
+        click.echo(f"{map_path} on {len(ds.queries)} queries [{ds.layout}, 25 m]: R@1 {r['recall@1']:.3f}  "
+                   f"R@5 {r['recall@5']:.3f}  R@10 {r['recall@10']:.3f}  answered {r.get('answered', 0):.2f}")
 
 
 @cli.command("inspect")
@@ -483,6 +519,10 @@ def inspect_cmd(map_path):
     dup = len(desc) - len(np.unique(desc, axis=0))
     click.echo(f"  identical SuperSegment descriptors: {dup} of {len(desc)} ({dup / max(len(desc), 1):.0%}; "
                "SuperSegments grown into the same region)")
+    if "verify_codes" in b.arrays:
+        click.echo(f"  verification: top {s['verify_top']}, {b.arrays['verify_codes'].shape[2]}-dim patch codes, "
+                   f"{s['verify_model']} RANSAC at {s['verify_threshold']} patches, "
+                   f"{b.arrays['verify_codes'][0].nbytes / 1024:.1f} KiB/image memory-mapped")
     for name, a in b.arrays.items():
         click.echo(f"  {name:20s} {a.dtype.name:8s} {'x'.join(map(str, a.shape)):>14s}  {a.nbytes / 1024:9.1f} KiB")
 

@@ -9,7 +9,8 @@ sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)
      "confidence": float, "similarity": float, "segments": int,
      "position": {"lat", "lon"[, "alt"], "sigma_m"} | {"x", "y", "z", "sigma_m"} | null,
      "ms": {stage: ms, "total": ms} (processing time),
-     "filtered"?: {"name": str, "probability": float, "position": {...} | null}, "error"?: str}
+     "filtered"?: {"name": str | null, "probability": float, "state": "tracking" | "lost",
+                   "position": {...} | null}, "error"?: str}
 
 ``match`` is null for "no confident match" (confidence below the map's threshold, a blank
 frame, a frame without segments, or an undecodable frame, which also has ``error``); so is
@@ -58,7 +59,8 @@ def record(frame, ans, filtered: tuple[str, float, dict | None] | None, total_ms
            "segments": ans.segments if ans else 0, "position": ans.position if ans else None,
            "ms": {**(ans.ms if ans else {}), "total": round(total_ms, 2)}}
     if filtered is not None:
-        rec["filtered"] = {"name": filtered[0], "probability": round(filtered[1], 4), "position": filtered[2]}
+        rec["filtered"] = {"name": filtered[0], "probability": round(filtered[1], 4),
+                           "state": "lost" if filtered[0] is None else "tracking", "position": filtered[2]}
     if frame.error:
         rec["error"] = frame.error
     return rec
@@ -85,8 +87,9 @@ def main(localizer, source, sink, conf: dict | None = None, stop: threading.Even
         if frame.image is not None:
             ans = localizer.localize(frame.image, top=conf["top"])
             if filt is not None and ans.ranked is not None:
-                best, p = filt.update(ans.ranked.images, ans.ranked.scores)
-                filtered = (localizer.names[best], p, filtered_position(localizer, filt.belief))
+                best, p = filt.update(ans.ranked.images, ans.ranked.scores, ans.match is not None)
+                filtered = ((None, p, None) if filt.lost else
+                            (localizer.names[best], p, filtered_position(localizer, filt.belief)))
             if vis_dir is not None and ans.top:
                 save_explanation(localizer, frame.image, ans, vis_dir / f"{frame.index:06d}.png")
         else:

@@ -1,67 +1,134 @@
-"""How well "no confident match" separates frames whose place is in the map from those whose place is not.
+"""Does "no match" hold? Frames whose place is in the map vs frames whose place is not.
 
-    python benchmarks/confidence.py [--datasets ../shared/datasets] [--threads 2]
+    python -m benchmarks.confidence [--sets corridor gardens_point_day wxbs] [--seed 0]
 
-For corridor and gardens_point_day (map-fitted bundle of the map images, default settings) it
-localises every query three ways and prints, per confidence threshold, the share answered with a
-match: (a) as is -- the place is in the map; (b) with the query's correct map images removed from
-the ranking -- the place is not in the map, same environment; (c) 50 images of the *other*
-dataset -- a foreign scene. Recall@1 of the answered (a) queries shows what a threshold buys.
+For each labelled set a map of its map images is built in memory from cached DINOv2 features
+(benchmarks/featcache.py) with the default settings, and frames are localised the product's
+way (segment search, verification of the shortlist, confidence):
+
+- ``in map``: every query, its place in the map (Recall@1 among the answered is printed);
+- ``removed``: every query with its correct map images removed -- a place not in the map, in
+  the same environment;
+- ``foreign``: 40 frames of each other shared set and every toy_unlabelled image;
+- ``blurred`` / ``dark``: 30 in-map queries with horizontal motion blur (21 px) / at 25%
+  brightness and gamma 1.5 (answered share and Recall@1 among the answered).
+
+Printed per set and threshold: the share answered; then the default threshold's row pooled
+over the sets, and the quantiles of the verified inliers of each kind of frame.
 """
 from __future__ import annotations
 
-import argparse
-import tempfile
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):   # small matmuls: threads only contend
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from benchmarks.compare import build_map
+from benchmarks.featcache import DEFAULT_CACHE, cached_features
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime import mapping
-from segvlad_edge.runtime.bundle import MapBundle
-from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, confidence
+from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, RANK_DEPTH, WINDOW, held_back_negatives
 from segvlad_edge.runtime.datasets import load_dataset
 from segvlad_edge.runtime.features import DenseFeatureExtractor
-from segvlad_edge.runtime.images import load_image
-from segvlad_edge.runtime.localizer import RANK_DEPTH, Localizer
-from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+from segvlad_edge.runtime.images import list_images
+from segvlad_edge.runtime.pipeline import CONFS
 
-SETS = ("corridor", "gardens_point_day")
-THRESHOLDS = (0.3, NO_MATCH_BELOW, 0.7, 0.9)
+SETS = ("corridor", "gardens_point_day", "wxbs")
+THRESHOLDS = (0.3, 0.5, NO_MATCH_BELOW, 0.9)
+KINDS = ("in map", "removed", "foreign", "blurred", "dark")
+
+
+def motion_blur(image: np.ndarray, length: int = 21) -> np.ndarray:
+    return cv2.filter2D(image, -1, np.full((1, length), 1.0 / length, np.float32))
+
+
+def dark(image: np.ndarray) -> np.ndarray:
+    return (255 * (image.astype(np.float32) * 0.25 / 255) ** 1.5).astype(np.uint8)
+
+
+def evidence(loc, fmap, desc, exclude) -> tuple[float, int, int, int]:
+    """One frame -> (confidence, top map image, its verified inliers, the inliers of the best
+    verified image more than WINDOW map images away from it), the localizer's own path."""
+    ranked = loc.verify(loc.rank_descriptors(desc, RANK_DEPTH, exact=True, exclude_images=exclude),
+                        loc.patch_codes(fmap.features))
+    ans = loc.answer(ranked, {}, len(desc), 1)
+    if not len(ranked.images) or ranked.inliers is None:
+        return ans.confidence, -1, 0, 0
+    far = (np.abs(ranked.images - ranked.images[0]) > WINDOW) & (ranked.inliers >= 0)
+    return ans.confidence, int(ranked.images[0]), int(ranked.inliers[0]), int(ranked.inliers[far].max(initial=0))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sets", nargs="+", default=list(SETS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--save", type=Path, default=None, help="write the per-frame evidence (.npz)")
     a = ap.parse_args()
-    extractor = DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=a.threads)
-    print(f"{'map':18s} {'threshold':>9s} {'in map':>7s} {'R@1 ans':>7s} {'removed':>7s} {'foreign':>7s}")
-    for name, other in zip(SETS, SETS[::-1]):
-        ds, foreign_ds = load_dataset(Path(a.datasets) / name), load_dataset(Path(a.datasets) / other)
-        pipe = FramePipeline(extractor, dict(CONFS["segvlad"]))
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "map.segmap"
-            mapping.main([(ds.name(p), p) for p in ds.map_images], out, pipe, progress=False, fit="map")
-            loc = Localizer(MapBundle.read(out), pipe)
-        index_of = {n: i for i, n in enumerate(loc.names)}
-        present, right, removed = [], [], []
+    root = Path(a.datasets)
+    ext = DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=2)
+    conf = dict(CONFS["segvlad"])
+    print(f"engine {ext.manifest.file}; settings {conf}")
+    print(f"{'map':18s} {'threshold':>9s} " + " ".join(f"{k:>8s}" for k in KINDS) + f" {'R@1 ans':>7s} {'R@1 all':>7s}")
+    pooled = {k: [] for k in KINDS}
+    saved = {}
+    for name in a.sets:
+        ds = load_dataset(root / name)
+        others = [p for s in SETS if s != name for p in list_images(root / s)
+                  if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+        foreign = [others[i] for i in np.linspace(0, len(others) - 1, 80).astype(int)]
+        foreign += list_images(root / "toy_unlabelled")
+        feats = cached_features(ext, sorted(set(ds.map_images) | set(ds.queries) | set(foreign)), a.cache, False)
+        loc, frames, desc = build_map(ds, feats, conf, a.seed, ext)
+        loc.calib = loc.bundle.arrays["calib_negatives"] = held_back_negatives(loc)   # what mapping.main stores
+        picks = [int(i) for i in np.linspace(0, len(ds.queries) - 1, 30).astype(int)]
+        variants = {"blurred": cached_features(ext, [ds.queries[i] for i in picks], a.cache, False, motion_blur, "blur21"),
+                    "dark": cached_features(ext, [ds.queries[i] for i in picks], a.cache, False, dark, "dark25g15")}
+        rows = {k: [] for k in KINDS}          # (confidence, right, inliers, rival inliers)
         for qi, q in enumerate(ds.queries):
-            frame = pipe.segment(load_image(q))
-            desc = pipe.describe(frame)
-            positives = [index_of[ds.name(ds.map_images[j])] for j in ds.positives[qi]]
-            r = loc.rank_descriptors(desc, RANK_DEPTH)
-            present.append(confidence(r, loc.calib))
-            right.append(len(r.images) > 0 and int(r.images[0]) in positives)
-            removed.append(confidence(loc.rank_descriptors(desc, RANK_DEPTH, exclude_images=positives), loc.calib))
-        picks = np.linspace(0, len(foreign_ds.map_images) - 1, 50).astype(int)
-        foreign = [loc.localize(load_image(foreign_ds.map_images[i])).confidence for i in picks]
-        present, right, removed, foreign = map(np.asarray, (present, right, removed, foreign))
-        for t in THRESHOLDS:
-            ans = present >= t
-            print(f"{name:18s} {t:9.2f} {ans.mean():7.2f} {right[ans].mean() if ans.any() else 0:7.3f} "
-                  f"{np.mean(removed >= t):7.2f} {np.mean(foreign >= t):7.2f}", flush=True)
-        print(f"{name:18s} {'all':>9s} {1:7.2f} {right.mean():7.3f}")
+            own = [ds.query_map_index[qi]] if ds.query_map_index is not None else []
+            pos = sorted(ds.positives[qi])
+            c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own)
+            rows["in map"].append((c, top in ds.positives[qi], inl, rival))
+            c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own + pos)
+            rows["removed"].append((c, False, inl, rival))
+        for p in foreign:
+            c, top, inl, rival = evidence(loc, frames[p].fmap, desc[p], [])
+            rows["foreign"].append((c, False, inl, rival))
+        for kind, fm in variants.items():
+            for qi in picks:
+                q = ds.queries[qi]
+                own = [ds.query_map_index[qi]] if ds.query_map_index is not None else []
+                f = loc.pipeline.segment(None, fm[q])
+                c, top, inl, rival = evidence(loc, f.fmap, loc.pipeline.describe(f), own)
+                rows[kind].append((c, top in ds.positives[qi], inl, rival))
+        for k in KINDS:
+            pooled[k] += rows[k]
+            saved[f"{name}/{k}"] = np.asarray(rows[k], np.float64)
+        table(name, rows)
+    table("pooled", pooled, [NO_MATCH_BELOW])
+    print("\nverified inliers of the top answer, p10/p50/p90 (pooled):")
+    for k in KINDS:
+        inl = np.asarray([r[2] for r in pooled[k]])
+        print(f"  {k:8s} " + "/".join(f"{np.percentile(inl, p):.0f}" for p in (10, 50, 90)) + f"  ({len(inl)} frames)")
+    if a.save:
+        np.savez(a.save, **saved)
+
+
+def table(name: str, rows: dict, thresholds=THRESHOLDS) -> None:
+    conf = {k: np.asarray([r[0] for r in v]) for k, v in rows.items()}
+    right = {k: np.asarray([r[1] for r in v], bool) for k, v in rows.items()}
+    for t in thresholds:
+        ans = {k: conf[k] >= t for k in KINDS}
+        r1 = right["in map"][ans["in map"]].mean() if ans["in map"].any() else float("nan")
+        print(f"{name:18s} {t:9.2f} " + " ".join(f"{ans[k].mean():8.3f}" for k in KINDS) + f" {r1:7.3f} "
+              f"{right['in map'].mean():7.3f}", flush=True)
 
 
 if __name__ == "__main__":

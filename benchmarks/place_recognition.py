@@ -33,7 +33,7 @@ from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
 
 SETS = ("gardens_point_day", "corridor", "wxbs")
 METHODS = (("segvlad", "map"), ("grid", "map"), ("global", "map"), ("segvlad", "domain"))
-STAGES = ("features", "segments", "supersegments", "vlad", "pca", "search", "rank")
+STAGES = ("features", "segments", "supersegments", "vlad", "pca", "search", "rank", "verify")
 
 
 def domain_images(root: Path, exclude: str, n: int) -> list[tuple[str, Path]]:
@@ -56,7 +56,7 @@ def main():
     extractor = DenseFeatureExtractor(manifest, threads=a.threads)
     print(f"engine {manifest.file}; defaults: {CONFS['segvlad']}")
     head = (f"{'dataset':18s} {'method':8s} {'fit':6s} {'R@1':>6s} {'R@5':>6s} {'R@1 filt':>8s} {'answered':>8s} "
-            f"{'R@1 ans':>7s} {'seg/img':>7s} {'KiB/img':>7s} {'desc KiB':>8s} "
+            f"{'R@1 ans':>7s} {'seg/img':>7s} {'KiB/img':>7s} {'desc KiB':>8s} {'ver KiB':>7s} "
             + " ".join(f"{s[:6]:>6s}" for s in STAGES) + f" {'overhead':>8s}")
     print(head)
     pooled = {f"{m}/{f}": [] for m, f in METHODS}
@@ -88,7 +88,7 @@ def main():
                        else f"{'-':>8s} {'-':>7s}")
                 print(f"{name:18s} {method:8s} {fit:6s} {r['recall@1']:6.3f} {r['recall@5']:6.3f} {filt} {ans} "
                       f"{r['segments_per_image']:7.1f} {r['bytes_per_image'] / 1024:7.1f} "
-                      f"{r['descriptor_bytes_per_image'] / 1024:8.1f} "
+                      f"{r['descriptor_bytes_per_image'] / 1024:8.1f} {r['verification_bytes_per_image'] / 1024:7.1f} "
                       + " ".join(f"{ms.get(s, 0):6.1f}" for s in STAGES) + f" {over:8.1%}", flush=True)
     print("HNSW top-K' recall vs exact, tie-aware (500 map segments as queries): "
           + ", ".join(f"{k} {v:.4f}" for k, v in recalls.items()))

@@ -34,7 +34,8 @@ from segvlad_edge.runtime.settings import Settings
 from segvlad_edge.schema import FILE_NAME, Int, Json, List, Obj, Optional, SchemaError, Str
 
 MAGIC = b"SEGVLAD-MAP\r\n\x1a\n\x00"
-FORMAT_VERSION = 3          # 3: typed settings (pca_dims = the PCA asked for), header checked by one schema
+FORMAT_VERSION = 3          # 3: typed settings (pca_dims = the PCA asked for), header checked by one schema,
+                            # spatial verification data (verify_*), confidence in verified inliers
 PREFIX = struct.Struct("<16sIQ32s")
 ALIGN = 64
 MAX_HEADER_BYTES = 64 << 20
@@ -45,7 +46,11 @@ ARRAYS = {   # name: (dtype, rank, required); one line per array a map bundle ma
     "segment_labels": ("uint8", 2, True), "vocab_centers": ("float32", 2, False),
     "pca_mean": ("float32", 1, False), "pca_components": ("float16", 2, False), "pca_scale": ("float32", 1, False),
     "calib_negatives": ("float32", 1, False),
+    "verify_mean": ("float32", 1, False), "verify_components": ("float32", 2, False),
+    "verify_codes": ("float16", 3, False),
 }
+VERIFY_ARRAYS = ("verify_mean", "verify_components", "verify_codes")   # spatial verification: all or none
+MMAP_ARRAYS = {"verify_codes"}        # read per shortlist: memory-mapped, not held in RAM
 HEX64 = Str(pattern=r"[0-9a-f]{64}")
 GRID = List(Int(1, 1024), 2, 2)
 ENGINE = Obj({"source_sha256": HEX64, "input_size": List(Int(14, 16384), 2, 2), "patch_size": Int(1, 64),
@@ -84,7 +89,9 @@ class MapBundle:
     ``pca_components [d, K*D] float16``, ``pca_scale [d]`` (d <= settings.pca_dims); a
     domain-fitted bundle instead names the domain file kept beside the engines and its sha256 in
     ``meta["fit"]``; ``calib_negatives [<=I] float32`` (sorted, in [0, 1]) calibrates the
-    confidence (runtime/confidence.py)."""
+    confidence (runtime/confidence.py); spatial verification (runtime/verification.py):
+    ``verify_mean [C] float32``, ``verify_components [d, C] float32`` and ``verify_codes
+    [I, h*w, d] float16`` (memory-mapped on read)."""
 
     meta: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -161,6 +168,7 @@ class MapBundle:
         if calib is not None and (len(calib) > n_img or not np.all((calib >= 0) & (calib <= 1))
                                   or np.any(np.diff(calib) < 0)):
             raise BundleError(f"{where}: confidence calibration table is malformed (not sorted in [0, 1])")
+        self._validate_verification(where, settings)
         if m["fit"]["source"] == "domain":
             if m["fit"]["settings"] != settings.fit_part():
                 raise BundleError(f"{where}: domain fit settings {m['fit']['settings']} disagree with the map's")
@@ -182,6 +190,20 @@ class MapBundle:
         missing = [n for n, (_, _, required) in ARRAYS.items() if required and n not in self.arrays]
         if missing:
             raise BundleError(f"{where}: array {missing[0]!r} is missing")
+
+    def _validate_verification(self, where, settings: Settings) -> None:
+        """The verification arrays come all together (and with ``verify_top`` > 0), agree with each
+        other, the image table and the patch grid (dtypes and ranks: ``_check_arrays``)."""
+        a, grid = self.arrays, self.meta["engine"]["patch_grid"]
+        present = [n for n in VERIFY_ARRAYS if n in a]
+        if not present:
+            return
+        if len(present) != len(VERIFY_ARRAYS):
+            raise BundleError(f"{where}: spatial verification arrays are incomplete ({', '.join(present)})")
+        d, c = a["verify_components"].shape
+        if a["verify_mean"].shape != (c,) or a["verify_codes"].shape != (len(self.images), grid[0] * grid[1], d):
+            raise BundleError(f"{where}: spatial verification arrays disagree with each other, the image table "
+                              "or the patch grid")
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
@@ -314,6 +336,19 @@ def _read_array(f, path: Path, name: str, e: dict, start: int, size: int) -> np.
     if start + offset + nbytes > size:
         raise BundleError(f"{path}: array {name!r} extends past the end of the file: truncated")
     f.seek(start + offset)
+    if name in MMAP_ARRAYS:                     # checked in chunks, then mapped (pages read on use)
+        h, left = hashlib.sha256(), nbytes
+        while left:
+            chunk = f.read(min(left, 1 << 22))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+        if left or h.hexdigest() != sha:
+            raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")
+        if nbytes == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=start + offset, shape=tuple(shape))
     data = f.read(nbytes)
     if len(data) != nbytes or hashlib.sha256(data).hexdigest() != sha:
         raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")

@@ -1,25 +1,27 @@
-"""Confidence of an answer: is the frame's place in the map at all? Calibrated on the map.
+"""Confidence of an answer: is the frame's place in the map at all?
 
-A frame's match score is ``margin x similarity``:
+Verified maps (the default): the evidence is the number of verified inliers of the answer
+(runtime/verification.py), ``confidence = 1 / (1 + a (T / inliers) ** STEEPNESS)``, with ``T =
+ANSWER_INLIERS`` the inliers that make ``NO_MATCH_BELOW``. Chance agreement does not grow with
+the patch grid: frames of gardens_point_day against a corridor map have 5/6.5/11 inliers on the
+224x168 engine (192 patches), as on the 448x336 one, so ``T`` is one number. Measured with ``python benchmarks/confidence.py`` (448x336, the three
+shared sets pooled): the best answer of a frame of a place in no map has 6/8/11 inliers
+(p10/p50/p90, 306 frames), an in-map query 9/52/99 (403). At 16 inliers, 0.3% of foreign
+frames and 3% of darkened frames are answered, against 81% of in-map queries. Inliers cannot
+tell a place from its neighbour a few metres on: a query whose correct images were removed from
+a sequential map still matches the next ones (70% answered); a threshold on the ratio to the
+best far rival would refuse those at the price of half the in-map answers, so it is not used.
+Held-back calibration (map images localised with their place removed) overestimates the no-match
+level on dense sequences for the same reason (corridor: p50 165 inliers), so verified maps use a
+fixed level.
 
-- place margin ``(s1 - s2) / s1``: ``s1`` the best map image's score, ``s2`` the best score
-  among map images more than ``window`` positions away from it in map order (neighbouring
-  frames of a sequence show the same place and are not competitors);
-- similarity: the mean over the frame's SuperSegments of their best hit's similarity.
-
-The reference is what a frame of a place that is *not* in the map scores. At build time up to
-``HELD_BACK`` map images, evenly spread, are localised with their own place removed (the image
-and its ``window`` neighbours on each side excluded from the ranking); their sorted scores go
-into the bundle (``calib_negatives``). A frame's confidence is the fraction of those no-match
-scores below its own: 0.9 means it outscores 90% of frames whose place is missing from the map.
-Below ``NO_MATCH_BELOW`` the answer is "no confident match". Maps too small to hold a place back
-fall back to the raw margin.
-
-Measured with ``python benchmarks/confidence.py`` (448x336 engine, map-fitted maps): at 0.7,
-corridor answers 57% of queries whose place is in the map (Recall@1 0.905 among them, 0.784 over
-all), 20% of queries whose place was removed from the map and none of 50 gardens frames;
-gardens_point_day answers 85% (0.918 vs 0.885), 41% and 8% of 50 corridor frames. At 0.5 it
-answers more (70% / 92%) but also 42-57% of place-removed queries and 8-34% of foreign frames.
+Unverified maps (``verify_top`` 0, e.g. ``global``): a frame's match score is ``margin x
+similarity`` -- place margin ``(s1 - s2) / s1`` with ``s2`` the best score more than ``window``
+map images away from the best, times the mean best-hit similarity of the frame's segments --
+compared with what frames of places *not* in the map score: up to ``HELD_BACK`` map images
+localised at build time with their place (the image and ``window`` neighbours) removed, sorted
+into the bundle (``calib_negatives``). The confidence is the share of those below the frame's.
+Below ``NO_MATCH_BELOW`` the answer is "no confident match".
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ import numpy as np
 HELD_BACK = 200
 WINDOW = 2
 NO_MATCH_BELOW = 0.7
+RANK_DEPTH = 4 * WINDOW + 2     # images ranked per frame (margin rivals, temporal filter, verification)
+ANSWER_INLIERS = 16             # verified inliers that make NO_MATCH_BELOW
+STEEPNESS = 4.0
 
 
 def place_margin(images: np.ndarray, scores: np.ndarray, window: int = WINDOW) -> float:
@@ -46,7 +51,7 @@ def match_score(ranked, window: int = WINDOW) -> float:
 
 def held_back_negatives(localizer, n: int = HELD_BACK, window: int = WINDOW) -> np.ndarray:
     """Sorted ``[<=n] float32`` match scores of map images localised with their place removed
-    (exact search over the rest of the map)."""
+    (exact search over the rest of the map): the calibration of unverified maps."""
     counts = localizer.bundle.arrays["segments_per_image"]
     if len(counts) < 2 * window + 3:
         return np.zeros(0, np.float32)
@@ -63,8 +68,24 @@ def held_back_negatives(localizer, n: int = HELD_BACK, window: int = WINDOW) -> 
     return np.sort(np.asarray(scores, np.float32))
 
 
+def top_inliers(ranked) -> int:
+    """Verified inliers of the best answer of a ranking (0 where it was not verified)."""
+    if ranked.inliers is None or len(ranked.inliers) == 0:
+        return 0
+    return max(int(ranked.inliers[0]), 0)
+
+
 def confidence(ranked, calib: np.ndarray | None, window: int = WINDOW) -> float:
-    """A ranking -> confidence in [0, 1] through the map's no-match scores (the raw margin without them)."""
+    """A ranking -> confidence in [0, 1]. Verified rankings: ``1 / (1 + a (T / inliers) ** STEEPNESS)``
+    with ``T = ANSWER_INLIERS`` and ``a`` such that ``T`` inliers give ``NO_MATCH_BELOW``;
+    others: the share of the map's no-match scores below the frame's match score (the raw margin
+    without a calibration)."""
+    if ranked.inliers is not None:
+        inl = top_inliers(ranked)
+        if inl == 0:
+            return 0.0
+        a = (1 - NO_MATCH_BELOW) / NO_MATCH_BELOW
+        return round(1.0 / (1.0 + a * (ANSWER_INLIERS / inl) ** STEEPNESS), 4)
     if calib is None or len(calib) == 0:
         return round(place_margin(ranked.images, ranked.scores, window), 4)
     return round(float(np.searchsorted(calib, match_score(ranked, window), side="left")) / len(calib), 4)

@@ -47,7 +47,12 @@ class Dataset:
     query_map_index: list[int] | None = None
 
     def name(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+        """The path relative to the dataset folder (as given where it is not inside it: map images
+        named by a bundle)."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -207,6 +212,33 @@ def _from_utm_names(root: Path) -> Dataset:
     dm, dq = utm(maps), utm(queries)
     dist = np.linalg.norm(dq[:, None] - dm[None], axis=2)
     return Dataset(root, "utm", maps, queries, [set(np.flatnonzero(r <= UTM_RADIUS_M).tolist()) for r in dist])
+
+
+def _metres(metas: list[dict], what: str) -> np.ndarray:
+    """``[N, 2]`` positions in metres from UTM (``utm``) or, where every image has GPS, ``gps``
+    lat/lon projected equirectangularly around their mean."""
+    if all("utm" in m for m in metas):
+        return np.asarray([m["utm"][:2] for m in metas], np.float64)
+    if all("gps" in m for m in metas):
+        ll = np.radians(np.asarray([m["gps"][:2] for m in metas], np.float64))
+        r = 6_371_000.0
+        return np.stack([r * ll[:, 1] * np.cos(ll[:, 0].mean()), r * ll[:, 0]], axis=1)
+    raise DatasetError(f"{what}: not every image has a position (@utm@ in its name, or lat/lon in a CSV)")
+
+
+def from_positions(root: Path, map_names: list[str], map_meta: list[dict], queries: list[Path],
+                   query_meta: list[dict], radius_m: float = UTM_RADIUS_M) -> Dataset:
+    """Ground truth from positions: a map image is correct for a query within ``radius_m`` metres.
+    Map and queries must both carry UTM, or both GPS."""
+    if not queries:
+        raise DatasetError(f"{root}: no query images")
+    both = map_meta + query_meta
+    kind = "utm" if all("utm" in m for m in both) else "gps"
+    pos = _metres(both, f"{root} and the map")         # one frame (and one projection) for both
+    pm, pq = pos[:len(map_meta)], pos[len(map_meta):]
+    dist = np.linalg.norm(pq[:, None] - pm[None], axis=2)
+    return Dataset(root, kind, [Path(n) for n in map_names], list(queries),
+                   [set(np.flatnonzero(r <= radius_m).tolist()) for r in dist])
 
 
 def load_dataset(root: str | Path) -> Dataset:

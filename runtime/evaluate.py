@@ -31,6 +31,18 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
     summary = mapping.main([(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress,
                            fit=fit, domain=domain, images_root=str(Path(ds.root).resolve()))
     loc = Localizer(MapBundle.read(bundle_path), pipe)
+    result = score(loc, ds, progress, exact)
+    n_img = max(summary.images, 1)
+    result.update({"map_images": summary.images, "fit": summary.fit["source"],
+                   "segments_per_image": round(summary.segments / n_img, 1),
+                   "bundle_bytes": summary.bytes, "bytes_per_image": round(summary.bytes / n_img),
+                   "map_build_ms": {k: round(v, 2) for k, v in summary.stage_ms.items()},
+                   "skipped": summary.skipped + result["skipped"]})
+    return result
+
+
+def score(loc: Localizer, ds: Dataset, progress: bool = True, exact: bool = False) -> dict:
+    """Localise every query of ``ds`` against the map ``loc`` holds (map images matched by name)."""
     index_of = {name: i for i, name in enumerate(loc.names)}
     # map image index in the bundle (skipped images shift it) -> dataset map index
     bundle_to_ds = {index_of[ds.name(p)]: i for i, p in enumerate(ds.map_images) if ds.name(p) in index_of}
@@ -48,6 +60,8 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
                 continue
             ranked = loc.rank_descriptors(loc.bundle.arrays["descriptors"][offsets[b]:offsets[b + 1]],
                                           top=max(RECALL_AT), exact=exact, exclude_images=[b])
+            codes = loc.bundle.arrays.get("verify_codes")
+            ranked = loc.verify(ranked, None if codes is None else np.asarray(codes[b]))
             top = [bundle_to_ds[i] for i in ranked.images]
         else:
             try:
@@ -59,23 +73,26 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
                 stage_ms.setdefault(k, []).append(v)
             top = [bundle_to_ds[e["index"]] for e in ans.top]
             if ans.ranked is not None:
-                stream.append((qi, ans.ranked))
+                stream.append((qi, ans.ranked, ans.match is not None))
             answered.append((qi, ans.match is not None))
         correct = [r for r, t in enumerate(top) if t in ds.positives[qi]]
         first[qi] = correct[0] if correct else -1
         top1[qi] = top[0] if top else -1
     hits = np.stack([(first >= 0) & (first < n) for n in RECALL_AT], axis=1)
-    n_img = max(summary.images, 1)
+    n_img = max(len(loc.names), 1)
     desc_bytes = loc.bundle.arrays["descriptors"].nbytes
+    verify_bytes = loc.bundle.arrays["verify_codes"].nbytes if "verify_codes" in loc.bundle.arrays else 0
     result = {f"recall@{n}": round(float(hits[:, j].mean()), 4) for j, n in enumerate(RECALL_AT)}
     result.update({
-        "queries": len(ds.queries), "map_images": summary.images, "layout": ds.layout, "fit": summary.fit["source"],
-        "segments_per_image": round(summary.segments / n_img, 1),
-        "bundle_bytes": summary.bytes, "bytes_per_image": round(summary.bytes / n_img),
+        "queries": len(ds.queries), "map_images": len(loc.names), "layout": ds.layout,
+        "fit": loc.bundle.meta["fit"]["source"],
+        "segments_per_image": round(len(loc.bundle.arrays["descriptors"]) / n_img, 1),
+        "bundle_bytes": loc.bundle.path.stat().st_size if loc.bundle.path else 0,
+        "bytes_per_image": round(loc.bundle.path.stat().st_size / n_img) if loc.bundle.path else 0,
         "descriptor_bytes_per_image": round(desc_bytes / n_img),
+        "verification_bytes_per_image": round(verify_bytes / n_img),
         "query_ms": {k: round(float(np.median(v)), 2) for k, v in stage_ms.items()},
-        "map_build_ms": {k: round(v, 2) for k, v in summary.stage_ms.items()},
-        "eval_seconds": round(time.perf_counter() - t0, 1), "skipped": summary.skipped + failures,
+        "eval_seconds": round(time.perf_counter() - t0, 1), "skipped": failures,
         "hits": hits[:, 0].tolist(),
         "per_query": [{"query": ds.name(q), "first_correct": int(first[i]),
                        "top1": ds.name(ds.map_images[top1[i]]) if top1[i] >= 0 else None,
@@ -92,7 +109,11 @@ def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool 
 
 
 def _filtered_recall(stream: list, ds: Dataset, bundle_to_ds: dict, n_images: int) -> float:
-    """Recall@1 per frame with the temporal filter run over the queries in order."""
+    """Recall@1 per frame with the temporal filter run over the queries in order (a frame where
+    the filter is lost counts as a miss)."""
     f = SequenceFilter(n_images)
-    hits = [bundle_to_ds[f.update(r.images, r.scores)[0]] in ds.positives[qi] for qi, r in stream]
+    hits = []
+    for qi, r, confident in stream:
+        best = f.update(r.images, r.scores, confident)[0]
+        hits.append(not f.lost and bundle_to_ds[best] in ds.positives[qi])
     return float(np.mean(hits))

@@ -31,8 +31,7 @@ from segvlad_edge.runtime.bundle import BundleError, check_models, read_arrays, 
 from segvlad_edge.runtime.features import FeatureMap
 from segvlad_edge.runtime.images import ImageError, decode_image, read_image_bytes
 from segvlad_edge.runtime.pca import Pca
-from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
-from segvlad_edge.runtime.supersegments import SuperSegments
+from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, grow
 from segvlad_edge.runtime.vlad import Vocabulary
 
 DOMAIN_FORMAT = "segvlad-edge domain"
@@ -63,15 +62,28 @@ def _work_file(work: Path, image: bytes, key: bytes) -> Path:
     return work / (hashlib.sha256(key + b"\0" + image).hexdigest()[:32] + ".npz")
 
 
-def load_frame(path: Path, order: int) -> FrameSegments:
-    """A frame from its work file; raises ValueError/OSError (and zipfile's errors) if it is
-    truncated or malformed."""
+def _read_work_file(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """``features [P, C] float32``, ``masks [S, P] bool``, ``grid (h, w)`` of one work file; raises
+    ValueError/OSError (and zipfile's errors) if it is truncated or malformed."""
     with np.load(path, allow_pickle=False) as z:
         feats, masks, grid = z["features"].astype(np.float32), z["masks"], tuple(int(g) for g in z["grid"])
     if len(grid) != 2 or feats.ndim != 2 or feats.shape[0] != grid[0] * grid[1] or masks.dtype != bool \
             or masks.ndim != 2 or masks.shape[1] != feats.shape[0]:
         raise ValueError(f"{path.name}: malformed work file")
-    return FrameSegments(FeatureMap(feats, grid), masks, SuperSegments.from_masks(masks, grid, order))
+    return feats, masks, grid
+
+
+def load_features(path: Path) -> np.ndarray:
+    """``[P, C] float32`` patch features of one work file."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["features"].astype(np.float32)
+
+
+def load_frame(path: Path, conf) -> FrameSegments:
+    """A work file -> the frame with its SuperSegments grown by the settings ``conf``."""
+    feats, masks, grid = _read_work_file(path)
+    ss, kept = grow(masks, grid, conf)
+    return FrameSegments(FeatureMap(feats, grid), masks, ss, kept=kept)
 
 
 def _reusable(path: Path) -> bool:
@@ -79,7 +91,7 @@ def _reusable(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        load_frame(path, 0)
+        _read_work_file(path)
         return True
     except Exception:              # any way a cut or garbled .npz fails to read: redo it
         path.unlink(missing_ok=True)
@@ -247,8 +259,7 @@ def main(images: list[tuple[str, Path]], pipeline: FramePipeline, work: Path, so
     if out is not None:
         check_output(out, [p for _, p in images])
     kept, skipped, _ = extract_frames(images, work, pipeline, progress)
-    order = pipeline.conf.order
-    fit_models(pipeline, lambda: (load_frame(wf, order) for _, wf in kept), len(kept), np.random.default_rng(0),
+    fit_models(pipeline, lambda: (load_frame(wf, pipeline.conf) for _, wf in kept), len(kept), np.random.default_rng(0),
                progress)
     path, size = save_domain(pipeline, sources, len(kept), out, inputs=[p for _, p in images])
     return path, size, len(kept), skipped

@@ -16,20 +16,20 @@ import numpy as np
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
-from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, WINDOW, confidence
+from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, RANK_DEPTH, confidence
 from segvlad_edge.runtime.fitting import load_domain, set_models
 from segvlad_edge.runtime.index import SegmentIndex
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, make_pipeline
 from segvlad_edge.runtime.position import MapPositions
 from segvlad_edge.runtime.ranking import Ranked, rank
+from segvlad_edge.runtime.verification import PatchCoder, rerank_by_inliers, verify_shortlist
 
 BLANK_STD = 2.0                 # grey levels: a frame flatter than this carries no place information
-RANK_DEPTH = 4 * WINDOW + 2     # images ranked per frame (margin rivals, temporal filter), >= the shown top
 
 
 @dataclass
 class Answer:
-    """``top``: [{"name", "score", "index", "meta"?}] best first; ``pairs``: matched
+    """``top``: [{"name", "score", "index", "inliers"?, "meta"?}] best first; ``pairs``: matched
     (query_seg, map_seg, sim) per top image; ``ms``: per-stage milliseconds; ``confidence`` in
     [0, 1] (runtime/confidence.py); ``match``: ``top[0]`` when confident, else None ("no
     confident match"); ``similarity``: mean best-hit similarity of the frame's segments;
@@ -115,10 +115,32 @@ class Localizer:
             ms["rank"] = 1e3 * (time.perf_counter() - t1)
         return r
 
+    def patch_codes(self, features: np.ndarray) -> np.ndarray | None:
+        """A frame's patch ``features [P, C] float32`` -> ``[P, d] float16`` codes for verification
+        (None where the bundle has no verification data)."""
+        if "verify_codes" not in self.bundle.arrays:
+            return None
+        return PatchCoder(self.bundle.arrays["verify_mean"], self.bundle.arrays["verify_components"]).codes(features)
+
+    def verify(self, ranked: Ranked, codes: np.ndarray | None, top: int | None = None) -> Ranked:
+        """Re-rank the first ``top`` (default: the settings' ``verify_top``) images of ``ranked`` by
+        spatial verification of the frame's patch ``codes [P, d]`` (``patch_codes``) against theirs;
+        unchanged where there are no codes or ``top`` is 0."""
+        s = self.bundle.meta["settings"]
+        top = int(s.get("verify_top", 0)) if top is None else top
+        if codes is None or top <= 0 or len(ranked.images) == 0:
+            return ranked
+        checks = verify_shortlist(codes, self.bundle.arrays["verify_codes"], ranked.images[:top],
+                                  tuple(self.bundle.meta["engine"]["patch_grid"]), model=s["verify_model"],
+                                  threshold=float(s["verify_threshold"]), min_sim=float(s["verify_min_sim"]))
+        return rerank_by_inliers(ranked, checks, float(s.get("verify_gain", 1.0)))
+
     def answer(self, ranked: Ranked, ms: dict, segments: int, top: int, frame=None) -> Answer:
         entries = []
-        for i, score in zip(ranked.images[:top], ranked.scores[:top]):
+        for j, (i, score) in enumerate(zip(ranked.images[:top], ranked.scores[:top])):
             entry = {"name": self.names[i], "score": round(float(score), 4), "index": int(i)}
+            if ranked.inliers is not None and ranked.inliers[j] >= 0:
+                entry["inliers"] = int(ranked.inliers[j])        # verified: the shortlist is ordered by these
             meta = self.bundle.images[i].get("meta")
             if meta:
                 entry["meta"] = meta
@@ -140,4 +162,8 @@ class Localizer:
         if len(desc) == 0:
             return Answer([], [], {k: round(v, 2) for k, v in ms.items()}, 0, frame=frame)
         ranked = self.rank_descriptors(desc, max(top, RANK_DEPTH), exact, ms=ms)
+        if int(self.bundle.meta["settings"].get("verify_top", 0)) > 0 and "verify_codes" in self.bundle.arrays:
+            t0 = time.perf_counter()
+            ranked = self.verify(ranked, self.patch_codes(frame.fmap.features))
+            ms["verify"] = 1e3 * (time.perf_counter() - t0)
         return self.answer(ranked, ms, len(desc), top, frame)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +27,13 @@ from segvlad_edge import __version__
 from segvlad_edge.files import check_output
 from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle, check_name
 from segvlad_edge.runtime.confidence import held_back_negatives
-from segvlad_edge.runtime.fitting import FitError, extract_frames, fit_models, load_frame, model_arrays, resolve_fit
+from segvlad_edge.runtime.fitting import (FitError, extract_frames, fit_models, load_features, load_frame, model_arrays,
+                                         resolve_fit)
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.pipeline import FramePipeline
+from segvlad_edge.runtime.verification import PatchCoder
+
+MAX_CODER_PATCHES = 50_000
 
 
 class MapBuildError(FitError):
@@ -70,16 +75,15 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
     fit_ref = resolve_fit(pipeline, fit, domain, len(images))
     work = out.parent / f".{out.name}.work"
     work.mkdir(exist_ok=True)
-    order = pipeline.conf.order
 
     kept, skipped, stage_ms = extract_frames(images, work, pipeline, progress)              # 1
     if fit_ref is None:                                                                        # 2
-        fit_models(pipeline, lambda: (load_frame(wf, order) for _, wf in kept), len(kept),
+        fit_models(pipeline, lambda: (load_frame(wf, pipeline.conf) for _, wf in kept), len(kept),
                    np.random.default_rng(0), progress)
         fit_ref = {"source": "map", "images": len(kept)}
     descs, counts, labels = [], [], []                                                         # 3
     for _, wf in tqdm(kept, desc="descriptors", unit="img", disable=not progress):
-        frame = load_frame(wf, order)
+        frame = load_frame(wf, pipeline.conf)
         d = pipeline.describe(frame)
         for k in ("vlad", "pca"):
             stage_ms[k] = stage_ms.get(k, 0.0) + frame.ms[k]
@@ -89,6 +93,8 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
     bundle = make_bundle(pipeline, [n for n, _ in kept], descs, counts, labels, metadata or {}, fit_ref)
     if images_root:
         bundle.meta["images_root"] = str(images_root)
+    bundle.arrays.update(verification_arrays(lambda: (load_features(wf) for _, wf in kept), len(kept), pipeline.conf,
+                                             np.random.default_rng(0)))
     bundle.arrays["calib_negatives"] = held_back_negatives(Localizer(bundle, pipeline))
     size = bundle.write(out, inputs)
     if not keep_work:
@@ -96,6 +102,19 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
     n = len(kept)
     return BuildSummary(n, int(sum(counts)), size, time.perf_counter() - t_start, skipped,
                         {k: v / n for k, v in stage_ms.items()}, fit_ref)
+
+
+def verification_arrays(features: Callable[[], Iterable[np.ndarray]], n_images: int, conf: dict,
+                        rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``features()`` streams the ``[P, C] float32`` patch features of each map image (called
+    twice) -> the bundle's spatial verification data: ``verify_mean [C]``, ``verify_components
+    [d, C]`` float32 (the patch coder, fitted on at most MAX_CODER_PATCHES sampled patches) and
+    ``verify_codes [I, P, d] float16`` (runtime/verification.py)."""
+    per_image = max(1, MAX_CODER_PATCHES // max(n_images, 1))
+    sample = np.concatenate([f[rng.choice(len(f), min(per_image, len(f)), replace=False)] for f in features()])
+    coder = PatchCoder.fit(sample, min(int(conf["verify_dims"]), sample.shape[1] - 1))
+    return {"verify_mean": coder.mean, "verify_components": coder.components,
+            "verify_codes": np.stack([coder.codes(f) for f in features()])}
 
 
 def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarray], counts: list[int],

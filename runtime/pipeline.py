@@ -5,9 +5,13 @@
 
 Named configurations (``CONFS``, typed ``Settings`` from ``runtime/settings.py``): ``segvlad``
 is the product default, ``grid`` and ``global`` are the paper's / AnyLoc's baselines on the same
-engine; ``make_pipeline`` is the one way to assemble a pipeline from settings and an engine. The defaults
-(featclust segments, o = 3, PCA 256 unwhitened) were chosen by ``benchmarks/sweep.py``: Recall@1
-pooled over corridor, gardens_point_day and wxbs (403 queries).
+engine; ``make_pipeline`` is the one way to assemble a pipeline from settings and an engine. The
+defaults (featclust segments, o = 3, PCA 256 unwhitened) were chosen by ``benchmarks/sweep.py`` and
+re-checked against denser segments (featclust at 12-32 clusters or 8 + 32 at once, an 8x8 grid,
+o = 1-2), top-K', voting and PCA size by ``benchmarks/compare.py`` (``benchmarks/compare_segments.log``):
+none beat them on Recall@1 pooled over corridor, gardens_point_day and wxbs. ``overlap_psi``
+(None: off) drops SuperSegments overlapping a kept one (runtime/supersegments.py); the
+``verify_*`` settings set the spatial verification (runtime/verification.py).
 """
 from __future__ import annotations
 
@@ -27,22 +31,38 @@ from segvlad_edge.runtime.vlad import VladAggregator, Vocabulary
 NO_SEGMENT = 255
 
 
+def grow(masks: np.ndarray, grid: tuple[int, int], conf: Settings) -> tuple[SuperSegments, np.ndarray | None]:
+    """Base ``masks [S, P] bool`` (non-empty) -> their SuperSegments at ``conf.order`` and, when
+    ``conf.overlap_psi`` is set, only those kept by overlap filtering, with ``kept [K] int``
+    (their base segments; None: all kept)."""
+    ss = SuperSegments.from_masks(masks, grid, conf.order)
+    if conf.overlap_psi is None:
+        return ss, None
+    kept = ss.keep_distinct(conf.overlap_psi)
+    return ss.subset(kept), kept
+
+
 @dataclass
 class FrameSegments:
-    """One frame before aggregation: features, base ``masks [S, P] bool`` and their SuperSegments."""
+    """One frame before aggregation: features, base ``masks [S, P] bool``, the SuperSegments
+    described and ``kept [K] int``: the base segment of each SuperSegment (None: SuperSegment s
+    grew from base segment s)."""
 
     fmap: FeatureMap
     masks: np.ndarray
     supersegments: SuperSegments
     ms: dict = field(default_factory=dict)
+    kept: np.ndarray | None = None
 
     def label_map(self) -> np.ndarray:
-        """``[P] uint8``: the smallest base segment covering each patch (NO_SEGMENT where none)."""
+        """``[P] uint8``: the SuperSegment whose base segment is the smallest covering each patch
+        (NO_SEGMENT where none)."""
         labels = np.full(self.masks.shape[1], NO_SEGMENT, np.uint8)
-        if len(self.masks):
-            area = self.masks.sum(1)
+        base = np.arange(len(self.masks)) if self.kept is None else self.kept
+        if len(base):
+            area = self.masks[base].sum(1)
             for s in np.argsort(-area)[-(NO_SEGMENT - 1):]:      # large first, small overwrite
-                labels[self.masks[s]] = min(s, NO_SEGMENT - 1)
+                labels[self.masks[base[s]]] = min(s, NO_SEGMENT - 1)
         return labels
 
 
@@ -74,10 +94,10 @@ class FramePipeline:
         masks = self.segmenter(image_bgr, fmap)
         masks = masks[masks.any(1)]
         t2 = time.perf_counter()
-        ss = SuperSegments.from_masks(masks, fmap.grid, self.conf.order)
+        ss, kept = grow(masks, fmap.grid, self.conf)
         t3 = time.perf_counter()
         return FrameSegments(fmap, masks, ss, {"features": 1e3 * (t1 - t0), "segments": 1e3 * (t2 - t1),
-                                                "supersegments": 1e3 * (t3 - t2)})
+                                                "supersegments": 1e3 * (t3 - t2)}, kept)
 
     def vlad(self, frame: FrameSegments) -> np.ndarray:
         """``[S, K*D] float32`` VLAD of each SuperSegment."""

@@ -16,12 +16,16 @@ import numpy as np
 class Ranked:
     """``images [N] int`` best first, ``scores [N] float32``; ``pairs[i]``: ``[(query_seg, map_seg, sim)]``
     of image ``images[i]``, best first; ``match_sim``: mean over query segments of their best hit's
-    raw similarity (how well the frame matches the map at all)."""
+    raw similarity (how well the frame matches the map at all); after spatial verification
+    (runtime/verification.py) ``inliers [N] int`` (-1: not verified) and ``checks`` (one
+    Verification per verified image, in ranking order)."""
 
     images: np.ndarray
     scores: np.ndarray
     pairs: list = field(default_factory=list)
     match_sim: float = 0.0
+    inliers: np.ndarray | None = None
+    checks: list = field(default_factory=list)
 
 
 def normalise_sims(sims: np.ndarray, norm="query") -> np.ndarray:

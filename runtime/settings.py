@@ -16,10 +16,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from segvlad_edge.schema import Bool, Float, Int, Json, List, Obj, Optional, Str, check_fields, parse, setting
+from segvlad_edge.schema import Bool, Float, Int, Json, List, Obj, OneOf, Optional, Str, check_fields, parse, setting
 
 SEGMENTER_CONFS = {     # each segmenter's overridable parameters and their bounds (runtime/segmenters/)
-    "featclust": Obj({"clusters": Int(1, 256), "spatial": Float(0, 100), "iters": Int(1, 100),
+    "featclust": Obj({"clusters": OneOf((Int(1, 256), List(Int(1, 256), 1, 4))), "spatial": Float(0, 100), "iters": Int(1, 100),
                       "min_patches": Int(1, 10_000), "seed": Int(0, 2**31 - 1)}, partial=True),
     "grid": Obj({"cells": List(Int(1, 256), 2, 2)}, partial=True),
     "sam": Obj({"points": Int(1, 64), "batch": Int(1, 4096), "iou_thresh": Float(0, 1),
@@ -42,6 +42,15 @@ class Settings:
     whiten: bool = setting(False, Bool())
     top_k: int = setting(50, Int(1, 1000))                # K': segments retrieved per query segment
     norm: str = setting("query", Str(("query", "none")))   # per-query similarity normalisation
+    overlap_psi: float | None = setting(None, Optional(Float(0, 1)))   # drop SuperSegments overlapping a kept one
+    # spatial verification of the shortlist (runtime/verification.py): top-N map images re-ranked by
+    # RANSAC inliers of mutual-NN matches of PCA-coded patches; 0 turns it off
+    verify_top: int = setting(10, Int(0, 100))
+    verify_dims: int = setting(64, Int(2, 1024))          # dimensions of the stored patch codes
+    verify_model: str = setting("similarity", Str(("similarity", "affine")))
+    verify_threshold: float = setting(1.5, Float(0.1, 100))   # RANSAC reprojection threshold, patches
+    verify_min_sim: float = setting(0.0, Float(-1, 1))    # mutual-NN matches below this cosine are dropped
+    verify_gain: float = setting(1.5, Float(1, 100))      # another candidate replaces the first with > gain x its inliers
 
     def __post_init__(self):
         check_fields(self)
@@ -93,5 +102,5 @@ BASE = Settings()
 CONFS = {
     "segvlad": BASE,
     "grid": dataclasses.replace(BASE, segmenter="grid"),
-    "global": dataclasses.replace(BASE, segmenter="whole", order=0, pca_dims=None, norm="none"),
+    "global": dataclasses.replace(BASE, segmenter="whole", order=0, pca_dims=None, norm="none", verify_top=0),
 }

@@ -37,6 +37,31 @@ class SuperSegments:
     def __len__(self) -> int:
         return len(self.masks)
 
+    def keep_distinct(self, psi: float) -> np.ndarray:
+        """Overlap filtering (the reference's storage cut): indices of the SuperSegments kept, see
+        ``overlap_filter``."""
+        return overlap_filter(self.masks, psi)
+
+    def subset(self, keep: np.ndarray) -> "SuperSegments":
+        return SuperSegments(self.masks[keep], self.centroids[keep], self.adjacency[np.ix_(keep, keep)], self.order)
+
+
+def overlap_filter(masks: np.ndarray, psi: float) -> np.ndarray:
+    """``masks [S, P] bool`` -> ``[K] int64`` indices kept: greedily in order, a mask is dropped when
+    its intersection over union with an already kept mask exceeds ``psi`` (IoU never exceeds 1, so
+    ``psi`` = 1 keeps all; 0.99 drops exact copies; lower drops near-copies too)."""
+    if len(masks) == 0:
+        return np.zeros(0, np.int64)
+    m = masks.astype(np.float32)
+    inter = m @ m.T
+    area = m.sum(1)
+    overlap = inter / np.maximum(area[:, None] + area[None, :] - inter, 1)
+    kept: list[int] = []
+    for i in range(len(masks)):
+        if not kept or overlap[i, kept].max() <= psi:
+            kept.append(i)
+    return np.asarray(kept, np.int64)
+
 
 def segment_centroids(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """``masks [S, h*w] bool`` -> ``[S, 2] float32`` mean (row, col) of each segment's patches."""

@@ -227,3 +227,50 @@ def _valid_bytes(tmp_path):
     if not p.exists():
         make_bundle().write(p)
     return p.read_bytes()
+
+
+def with_verification(b: MapBundle, d=3, c=5):
+    rng = np.random.default_rng(1)
+    n, p = len(b.images), 6
+    b.meta["settings"].update(verify_top=10, verify_dims=d, verify_model="similarity", verify_threshold=1.5,
+                              verify_min_sim=0.0, verify_gain=1.5)
+    b.arrays.update(verify_mean=np.zeros(c, np.float32), verify_components=np.eye(d, c, dtype=np.float32),
+                    verify_codes=rng.standard_normal((n, p, d)).astype(np.float16))
+    return b
+
+
+def test_verification_codes_are_memory_mapped_and_checked(tmp_path):
+    p = tmp_path / "v.segmap"
+    ref = with_verification(make_bundle())
+    ref.write(p)
+    b = MapBundle.read(p)
+    assert isinstance(b.arrays["verify_codes"], np.memmap)                 # read per shortlist, not held in RAM
+    np.testing.assert_array_equal(b.arrays["verify_codes"], ref.arrays["verify_codes"])
+    raw = bytearray(p.read_bytes())
+    raw[-3] ^= 0xFF                                                        # the codes are the last array
+    p.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="verify_codes.*checksum"):
+        MapBundle.read(p)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda b: b.arrays.pop("verify_mean"), "incomplete"),
+    (lambda b: b.arrays.update(verify_codes=b.arrays["verify_codes"][:2]), "disagree"),
+    (lambda b: b.arrays.update(verify_codes=b.arrays["verify_codes"].astype(np.float32)), "float16"),
+    (lambda b: b.meta["settings"].update(verify_model="homography"), "settings"),
+    (lambda b: b.meta["settings"].update(verify_threshold=-1), "settings"),
+])
+def test_malformed_verification_data_is_refused(tmp_path, breakage, message):
+    b = with_verification(make_bundle())
+    breakage(b)
+    with pytest.raises(BundleError, match=message):
+        b.write(tmp_path / "bad.segmap")
+    assert not (tmp_path / "bad.segmap").exists()
+
+
+def test_an_older_format_is_refused_with_a_rebuild_hint(written):
+    data = bytearray(written.read_bytes())
+    struct.pack_into("<I", data, 16, B.FORMAT_VERSION - 1)
+    written.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="older than.*rebuild"):
+        MapBundle.read(written)

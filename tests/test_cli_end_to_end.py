@@ -34,8 +34,8 @@ def test_build_map_and_localize_recall(datasets, engines_dir, corridor_map):
     hits = 0
     for line in lines:
         assert set(line) >= {"query", "top"} and len(line["top"]) >= 1
-        scores = [t["score"] for t in line["top"]]
-        assert scores == sorted(scores, reverse=True)
+        inliers = [t["inliers"] for t in line["top"]]               # the verified shortlist, best first
+        assert inliers[1:] == sorted(inliers[1:], reverse=True) and min(t["score"] for t in line["top"]) > 0
         hits += f"ref/{line['top'][0]['name']}" in gt[f"query/{line['query']}"]
     assert hits / len(lines) >= 0.6
 
@@ -45,11 +45,38 @@ def test_eval_json_contract(datasets, engines_dir):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["queries"] == 111
     assert 0.6 <= res["recall@1"] <= res["recall@5"] <= res["recall@10"] <= 1
+    assert res["descriptor_bytes_per_image"] > 0 and res["verification_bytes_per_image"] == 192 * 64 * 2
+
+
+def test_eval_an_existing_map_with_positions(datasets, engines_dir, tmp_path):
+    """eval --map: ground truth from @utm@ names, 25 m radius; the same 8 places seen from the left
+    and the right of the path (gardens_point_day), 100 m apart."""
+    import shutil
+
+    from segvlad_edge.runtime.images import list_images
+
+    (tmp_path / "map").mkdir()
+    (tmp_path / "q").mkdir()
+    left = list_images(datasets / "gardens_point_day" / "day_left")[::25]
+    right = list_images(datasets / "gardens_point_day" / "day_right")[::25]
+    for i, (a, b) in enumerate(zip(left, right)):
+        shutil.copy(a, tmp_path / "map" / f"@{500000 + 100 * i}@4000000@55@H@@@.jpg")
+        shutil.copy(b, tmp_path / "q" / f"@{500000 + 100 * i + 10}@4000000@55@H@@@.jpg")     # 10 m off
+    out = tmp_path / "m.segmap"
+    run("build-map", tmp_path / "map", "-o", out, "--engines", engines_dir, "--quiet")
+    r = run("eval", "--map", out, tmp_path / "q", "--json", "--engines", engines_dir)
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["queries"] == len(left) == 8 and res["layout"] == "utm"
+    assert 0.5 <= res["recall@1"] <= res["recall@5"] <= 1
+    assert res["verification_bytes_per_image"] > 0 and res["descriptor_bytes_per_image"] > 0
+    shutil.copy(right[0], tmp_path / "q" / "no_position.jpg")
+    r = run("eval", "--map", out, tmp_path / "q", "--engines", engines_dir, check=False)
+    assert r.returncode == 1 and r.stderr.startswith("error:") and "position" in r.stderr
 
 
 def test_inspect(corridor_map):
     r = run("inspect", corridor_map)
-    assert "images 111" in r.stdout and "descriptors" in r.stdout
+    assert "images 111" in r.stdout and "descriptors" in r.stdout and "verification: top 10" in r.stdout
 
 
 def test_user_errors_are_one_line(tmp_path, datasets, engines_dir, corridor_map):

@@ -42,8 +42,8 @@ def test_held_back_calibration_and_no_match_frames(corridor_bundle, engines_dir,
         right.append(f"ref/{ans.top[0]['name']}" in gt[f"query/{p.name}"])
         answered.append(ans.match is not None)
     right, answered = np.array(right), np.array(answered)
-    assert 0.2 <= answered.mean() <= 0.95, answered.mean()
-    assert right[answered].mean() > right[~answered].mean()        # matches are right more often than refusals
+    assert answered.mean() >= 0.6, answered.mean()                  # the map's own places are answered
+    assert right[answered].mean() >= right.mean() - 1e-9 and right[answered].mean() >= 0.6
     rng = np.random.default_rng(0)
     for frame in (np.zeros((120, 160, 3), np.uint8), np.full((120, 160, 3), 200, np.uint8)):
         ans = loc.localize(frame)
@@ -53,7 +53,9 @@ def test_held_back_calibration_and_no_match_frames(corridor_bundle, engines_dir,
     # frames of another place entirely (gardens point) are refused more often than the map's own queries
     foreign = [loc.localize(load_image(p)) for p in list_images(datasets / "gardens_point_day" / "day_left")[::10]]
     refused = np.mean([a.match is None for a in foreign])
-    assert refused >= 0.5 and refused > 1 - answered.mean(), (refused, answered.mean())
+    assert refused >= 0.8 and refused > 1 - answered.mean(), (refused, answered.mean())
+    assert max(a.confidence for a in foreign) < max(a.confidence for a in [loc.localize(load_image(p)) for p in
+                                                                           list_images(datasets / "corridor" / "query")[:3]])
 
 
 def test_temporal_filter_suppresses_a_one_frame_flip():
@@ -68,3 +70,32 @@ def test_temporal_filter_suppresses_a_one_frame_flip():
     for _ in range(6):                                 # a real move is followed after a few frames
         best, p = f.update(np.array([80]), np.array([5.0]))
     assert best == 80 and p > 0.2
+
+
+def test_temporal_filter_gets_lost_after_a_run_of_refusals_and_recovers():
+    f = SequenceFilter(100, window=2, lost_after=3)
+    for i in range(5):
+        best, _ = f.update(np.array([20 + i, 21 + i]), np.array([5.0, 3.0]))
+    assert not f.lost and abs(best - 24) <= 1
+    for _ in range(2):                                 # two refusals: still tracking, the belief carried on
+        best, _ = f.update(np.array([70]), np.array([5.0]), confident=False)
+    assert not f.lost and abs(best - 24) <= 3
+    f.update(np.array([70]), np.array([5.0]), confident=False)
+    assert f.lost and f.belief.max() < 2 / 100           # third refusal: lost, belief spread out
+    f.update(np.array([71]), np.array([5.0]), confident=False)
+    assert f.lost
+    best, p = f.update(np.array([60, 61]), np.array([5.0, 4.0]))      # a confident match ends "lost"
+    assert not f.lost and best in (60, 61)
+
+
+def test_verified_confidence_grows_with_inliers_and_is_the_threshold_at_the_answer_level():
+    from segvlad_edge.runtime.confidence import ANSWER_INLIERS, NO_MATCH_BELOW
+
+    def conf(inliers):
+        r = Ranked(np.array([3, 40]), np.array([5.0, 1.0]), match_sim=0.5, inliers=np.array([inliers, 2]))
+        return confidence(r, np.array([0.9, 0.95], np.float32))          # the margin calibration is not used
+
+    values = [conf(i) for i in (0, 5, ANSWER_INLIERS - 1, ANSWER_INLIERS, 4 * ANSWER_INLIERS, 500)]
+    assert values[0] == 0 and values == sorted(values) and values[-1] > 0.99
+    assert values[2] < NO_MATCH_BELOW == values[3]                      # the default threshold: T inliers
+    assert conf(ANSWER_INLIERS // 2) < 0.2

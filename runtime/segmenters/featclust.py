@@ -8,10 +8,12 @@ from scipy import ndimage
 
 
 class FeatureClusterSegmenter:
-    """``clusters``: k-means centres per frame; ``spatial``: weight of the (row, col) position
-    (unit = whole frame) next to unit-norm features; components under ``min_patches`` are dropped."""
+    """``clusters``: k-means centres per frame, or a list of them (several granularities at once:
+    the segments of each clustering, coarse and fine, all kept); ``spatial``: weight of the
+    (row, col) position (unit = whole frame) next to unit-norm features; components under
+    ``min_patches`` are dropped."""
 
-    def __init__(self, clusters: int = 8, spatial: float = 0.5, iters: int = 8, min_patches: int = 3, seed: int = 0):
+    def __init__(self, clusters: int | list[int] = 8, spatial: float = 0.5, iters: int = 8, min_patches: int = 3, seed: int = 0):
         self.clusters, self.spatial, self.iters, self.min_patches, self.seed = clusters, spatial, iters, min_patches, seed
 
     def __call__(self, image_bgr, fmap) -> np.ndarray:
@@ -19,7 +21,15 @@ class FeatureClusterSegmenter:
         rr, cc = np.mgrid[0:h, 0:w]
         pos = np.stack([rr.ravel() / max(h, w), cc.ravel() / max(h, w)], axis=1).astype(np.float32)
         x = np.concatenate([fmap.features, self.spatial * pos], axis=1)
-        label = kmeans_labels(x, min(self.clusters, len(x)), self.iters, self.seed).reshape(h, w)
+        levels = self.clusters if isinstance(self.clusters, (list, tuple)) else [self.clusters]
+        masks = [self.components(kmeans_labels(x, min(int(k), len(x)), self.iters, self.seed).reshape(h, w))
+                 for k in levels]
+        return np.concatenate(masks) if masks else np.zeros((0, h * w), bool)
+
+    def components(self, label: np.ndarray) -> np.ndarray:
+        """``label [h, w] int`` cluster map -> ``[S, h*w] bool`` its 4-connected components of at
+        least ``min_patches`` patches."""
+        h, w = label.shape
         masks = []
         for k in range(label.max() + 1):
             comp, n = ndimage.label(label == k)
