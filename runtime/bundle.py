@@ -12,7 +12,9 @@ The container (also used for domain fits, ``runtime/fitting.py``) is, little-end
 ``meta["format"]`` says what the file is ("segvlad-edge map" or "segvlad-edge domain").
 
 Every size is checked against the file before anything is allocated, every array against
-its sha256, and the arrays against each other, before a bundle is used. Writes go to a
+its sha256, and the arrays against each other, before a bundle is used. Arrays of MMAP_FROM
+bytes or more (descriptors, label maps, the stored index) are hashed by streaming the file and
+then memory-mapped read-only, so a large map costs RAM only for the pages a search touches. Writes go to a
 temporary file in the same folder, fsync'ed, then renamed over the target.
 """
 from __future__ import annotations
@@ -32,6 +34,8 @@ PREFIX = struct.Struct("<16sIQ32s")
 ALIGN = 64
 MAX_HEADER_BYTES = 64 << 20
 DTYPES = {"float16", "float32", "int32", "uint8"}
+MMAP_FROM = 1 << 20             # arrays of this many bytes or more are memory-mapped, not read
+HASH_CHUNK = 8 << 20
 REQUIRED = {"descriptors": "float16", "segments_per_image": "int32", "segment_labels": "uint8"}
 
 
@@ -47,7 +51,9 @@ class MapBundle:
     ``meta["fit"]["source"] == "map"``, ``vocab_centers [K, D] float32``, ``pca_mean [K*D]``,
     ``pca_components [d, K*D]``, ``pca_scale [d]``; a domain-fitted bundle instead names the
     domain file kept beside the engines and its sha256 in ``meta["fit"]``; ``calib_negatives
-    [<=I] float32`` calibrates the confidence (runtime/confidence.py)."""
+    [<=I] float32`` calibrates the confidence (runtime/confidence.py); ``meta["index"]`` and the
+    ``index_*`` arrays hold the stored search structure (runtime/index.py; maps written by
+    ``build-map`` always carry one, a bundle without one gets an HNSW graph built at load)."""
 
     meta: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -122,6 +128,10 @@ class MapBundle:
         if calib is not None and (calib.dtype != np.float32 or calib.ndim != 1 or len(calib) > len(images)
                                   or not np.all(np.isfinite(calib))):
             raise BundleError(f"{where}: confidence calibration table is malformed")
+        index = m.get("index")          # the stored search structure (runtime/index.py checks its arrays)
+        if index is not None and (not isinstance(index, dict) or index.get("kind") not in ("hnsw", "ivfpq")
+                                  or not isinstance(index.get("params"), dict)):
+            raise BundleError(f"{where}: the stored search index record is malformed")
         fit = m.get("fit")
         if not isinstance(fit, dict) or fit.get("source") not in ("map", "domain"):
             raise BundleError(f"{where}: the vocabulary/PCA source ('fit') is missing or unknown")
@@ -248,7 +258,25 @@ def _read_array(f, path: Path, name: str, e: dict, start: int, size: int) -> np.
     if start + offset + nbytes > size:
         raise BundleError(f"{path}: array {name!r} extends past the end of the file: truncated")
     f.seek(start + offset)
+    if nbytes >= MMAP_FROM:
+        return _mapped_array(f, path, name, dtype, shape, start + offset, nbytes, sha)
     data = f.read(nbytes)
     if len(data) != nbytes or hashlib.sha256(data).hexdigest() != sha:
         raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _mapped_array(f, path: Path, name: str, dtype: str, shape: list, at: int, nbytes: int, sha: str) -> np.ndarray:
+    """A large array as a read-only memory map, after its sha256 is checked by streaming the file
+    (``f`` positioned at ``at``) through a fixed buffer: pages come into RAM only when used."""
+    h, buf, left = hashlib.sha256(), bytearray(HASH_CHUNK), nbytes
+    view = memoryview(buf)
+    while left:
+        got = f.readinto(view[:min(left, HASH_CHUNK)])
+        if not got:
+            raise BundleError(f"{path}: array {name!r} extends past the end of the file: truncated")
+        h.update(view[:got])
+        left -= got
+    if h.hexdigest() != sha:
+        raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")
+    return np.memmap(path, dtype=dtype, mode="r", offset=at, shape=tuple(shape))

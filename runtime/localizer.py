@@ -19,7 +19,7 @@ from segvlad_edge.runtime.bundle import BundleError, MapBundle
 from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, WINDOW, confidence
 from segvlad_edge.runtime.features import DenseFeatureExtractor
 from segvlad_edge.runtime.fitting import load_domain, set_models
-from segvlad_edge.runtime.index import SegmentIndex
+from segvlad_edge.runtime.index import open_index
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
 from segvlad_edge.runtime.ranking import Ranked, rank
 
@@ -65,7 +65,7 @@ class Localizer:
         self.bundle, self.pipeline = bundle, pipeline
         s = bundle.meta["settings"]
         self.top_k, self.norm = int(s["top_k"]), s["norm"]
-        self.index = SegmentIndex(bundle.arrays["descriptors"])
+        self.index = open_index(bundle)         # stored in the bundle: read, not rebuilt
         self.segment_image = bundle.segment_image
         self.names = [img["name"] for img in bundle.images]
         self.calib = bundle.arrays.get("calib_negatives")
@@ -89,7 +89,7 @@ class Localizer:
                 raise BundleError(f"{bundle.path}: built with the domain fit {fit['file']}, which is not in "
                                   f"{where.parent}; copy it beside the engine (or pass --domain FILE)")
         loc = cls(bundle, pipe)
-        loc.index.hnsw()                # build the graph now, not inside the first frame's timing
+        loc.index.prepare()             # a bundle without a stored index builds it now, not in the first frame
         return loc
 
     def rank_descriptors(self, desc: np.ndarray, top: int = 10, exact: bool = False,

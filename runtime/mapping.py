@@ -26,6 +26,7 @@ from segvlad_edge import __version__
 from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle
 from segvlad_edge.runtime.confidence import held_back_negatives
 from segvlad_edge.runtime.fitting import FitError, extract_frames, fit_models, load_frame, model_arrays, resolve_fit
+from segvlad_edge.runtime.index import store_index
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.pipeline import FramePipeline
 
@@ -113,4 +114,6 @@ def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarra
         "fit": fit_ref,
         "images": [{"name": n, **({"meta": metadata[n]} if n in metadata else {})} for n in names],
     }
-    return MapBundle(meta, arrays)
+    bundle = MapBundle(meta, arrays)
+    store_index(bundle)             # the search structure goes into the bundle: loading reads it
+    return bundle
