@@ -225,9 +225,12 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
 @click.option("--keep-work", is_flag=True, help="Keep the per-image work folder (resume data).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (implies --quiet).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run the per-image passes as Ray tasks: on the cluster at ADDRESS (auto, ray://HOST:10001), "
+                   "or on a local Ray instance without one. Needs the [ray] extra.")
 @user_errors
 def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
-              metadata_csv, keep_work, quiet, as_json):
+              metadata_csv, keep_work, quiet, as_json, ray_address):
     """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata)."""
     from segvlad_edge.runtime import mapping, metadata
 
@@ -238,8 +241,12 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
         for n, m in metadata.read_csv(metadata_csv, names).items():
             meta[n] = {**meta.get(n, {}), **m}
     pipe = _pipeline(_one(methods), engines_dir, size, order, segmenter, pca_dims, threads)
+    ray = None
+    if ray_address:
+        from segvlad_edge.runtime.ray_build import RayConf
+        ray = RayConf(address=None if ray_address == "local" else ray_address, threads=threads)
     s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
-                     domain=domain, images_root=str(images_dir.resolve()))
+                     domain=domain, images_root=str(images_dir.resolve()), ray=ray)
     for name, reason in s.skipped:
         click.echo(f"skipped {name}: {reason}", err=True)
     if as_json:

@@ -40,17 +40,21 @@ def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
     return img
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read one image file as ``[H, W, 3] uint8`` BGR; raises ImageError with the reason."""
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """The undecoded bytes of an image file (``[n] uint8``), size-checked; raises ImageError."""
     path = Path(path)
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ImageError(f"{path.name}: {size >> 20} MiB is larger than the {MAX_FILE_BYTES >> 20} MiB limit")
-        data = np.fromfile(path, dtype=np.uint8)
+        return np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise ImageError(f"{path.name}: cannot read ({e.strerror or e})") from None
-    return decode_image(data, path.name)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image file as ``[H, W, 3] uint8`` BGR; raises ImageError with the reason."""
+    return decode_image(read_image_file(path), Path(path).name)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from segvlad_edge import __version__
+from segvlad_edge.runtime import ray_build
 from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle
 from segvlad_edge.runtime.confidence import held_back_negatives
 from segvlad_edge.runtime.fitting import FitError, extract_frames, fit_models, load_frame, model_arrays, resolve_fit
@@ -48,11 +49,13 @@ class BuildSummary:
 
 def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline,
          metadata: dict[str, dict] | None = None, keep_work: bool = False, progress: bool = True,
-         fit: str = "auto", domain: Path | None = None, images_root: str | None = None) -> BuildSummary:
+         fit: str = "auto", domain: Path | None = None, images_root: str | None = None,
+         ray: ray_build.RayConf | None = None) -> BuildSummary:
     """``images``: [(name stored in the bundle, file path)]; ``metadata``: name -> {gps, pose, label, ...};
     ``fit``: "auto" | "map" | "domain" (where the vocabulary and PCA come from); ``domain``: a
     domain file other than the one beside the engine; ``images_root``: the map images' folder,
-    recorded so that explanations can show them."""
+    recorded so that explanations can show them; ``ray``: run the per-image passes as Ray tasks
+    (runtime/ray_build.py)."""
     t_start = time.perf_counter()
     out = Path(out)
     if not images:
@@ -66,20 +69,15 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
     work.mkdir(exist_ok=True)
     order = pipeline.conf["order"]
 
-    kept, skipped, stage_ms = extract_frames(images, work, pipeline, progress)              # 1
+    kept, skipped, stage_ms = (extract_frames(images, work, pipeline, progress) if ray is None            # 1
+                               else ray_build.extract_frames(images, work, pipeline, ray, progress))
     if fit_ref is None:                                                                        # 2
         fit_models(pipeline, lambda: (load_frame(wf, order) for _, wf in kept), len(kept),
                    np.random.default_rng(0), progress)
         fit_ref = {"source": "map", "images": len(kept)}
-    descs, counts, labels = [], [], []                                                         # 3
-    for _, wf in tqdm(kept, desc="descriptors", unit="img", disable=not progress):
-        frame = load_frame(wf, order)
-        d = pipeline.describe(frame)
-        for k in ("vlad", "pca"):
-            stage_ms[k] = stage_ms.get(k, 0.0) + frame.ms[k]
-        descs.append(d)
-        counts.append(len(d))
-        labels.append(frame.label_map())
+    descs, counts, labels, ms = (describe_frames(kept, pipeline, progress) if ray is None                 # 3
+                                 else ray_build.describe_frames(kept, pipeline, ray, progress))
+    stage_ms.update(ms)
     bundle = make_bundle(pipeline, [n for n, _ in kept], descs, counts, labels, metadata or {}, fit_ref)
     if images_root:
         bundle.meta["images_root"] = str(images_root)
@@ -90,6 +88,21 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
     n = len(kept)
     return BuildSummary(n, int(sum(counts)), size, time.perf_counter() - t_start, skipped,
                         {k: v / n for k, v in stage_ms.items()}, fit_ref)
+
+
+def describe_frames(kept: list[tuple[str, Path]], pipeline: FramePipeline, progress: bool = True):
+    """Pass 3: each work file -> ``descs [[S_i, d] float16]``, ``counts [S_i]``, ``labels [[P] uint8]``,
+    ``stage_ms {vlad, pca: total ms}``, in the order of ``kept``."""
+    descs, counts, labels, stage_ms = [], [], [], {}
+    for _, wf in tqdm(kept, desc="descriptors", unit="img", disable=not progress):
+        frame = load_frame(wf, pipeline.conf["order"])
+        d = pipeline.describe(frame)
+        for k in ("vlad", "pca"):
+            stage_ms[k] = stage_ms.get(k, 0.0) + frame.ms[k]
+        descs.append(d)
+        counts.append(len(d))
+        labels.append(frame.label_map())
+    return descs, counts, labels, stage_ms
 
 
 def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarray], counts: list[int],
