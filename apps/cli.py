@@ -217,7 +217,10 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
 
 @cli.command("build-map")
 @click.argument("images_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle file to write.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Bundle file to write (with --add: default the map itself, replaced atomically).")
+@click.option("--add", "add_to", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              metavar="MAP", help="Append IMAGES_DIR's images to this map with its own engine, settings and fit.")
 @pipeline_options
 @fit_options
 @click.option("--metadata", "metadata_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -229,24 +232,33 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
               help="Run the per-image passes as Ray tasks: on the cluster at ADDRESS (auto, ray://HOST:10001), "
                    "or on a local Ray instance without one. Needs the [ray] extra.")
 @user_errors
-def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
+def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
               metadata_csv, keep_work, quiet, as_json, ray_address):
-    """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata)."""
+    """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata), or add them to one."""
     from segvlad_edge.runtime import mapping, metadata
 
+    if out is None and add_to is None:
+        raise click.UsageError("give the bundle to write (-o/--out), or --add MAP")
     images = _image_list(images_dir)
     names = [n for n, _ in images]
     meta = {n: m for n in names if (m := metadata.from_name(n))}
     if metadata_csv:
         for n, m in metadata.read_csv(metadata_csv, names).items():
             meta[n] = {**meta.get(n, {}), **m}
-    pipe = _pipeline(_one(methods), engines_dir, size, order, segmenter, pca_dims, threads)
     ray = None
     if ray_address:
         from segvlad_edge.runtime.ray_build import RayConf
         ray = RayConf(address=None if ray_address == "local" else ray_address, threads=threads)
-    s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
-                     domain=domain, images_root=str(images_dir.resolve()), ray=ray)
+    if add_to is not None:
+        from segvlad_edge.runtime.map_edit import add_images
+
+        out = out or add_to
+        s = add_images(add_to, images, out, meta, str(images_dir.resolve()), engines_dir, domain, threads, keep_work,
+                       progress=not (quiet or as_json), ray=ray)
+    else:
+        pipe = _pipeline(_one(methods), engines_dir, size, order, segmenter, pca_dims, threads)
+        s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
+                         domain=domain, images_root=str(images_dir.resolve()), ray=ray)
     for name, reason in s.skipped:
         click.echo(f"skipped {name}: {reason}", err=True)
     if as_json:
@@ -259,6 +271,21 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
                f"{s.bytes / 1024:.1f} KiB ({s.bytes / s.images / 1024:.1f} KiB/image), vocabulary/PCA from the "
                f"{s.fit['source']}{' ' + s.fit['file'] if s.fit['source'] == 'domain' else ''}, {s.seconds:.1f} s"
                + (f", {len(s.skipped)} skipped" if s.skipped else ""))
+
+
+@cli.command("remove-images")
+@click.argument("map_path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("names", nargs=-1, required=True)
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Bundle file to write (default: the map itself, replaced atomically).")
+@user_errors
+def remove_images_cmd(map_path, names, out):
+    """Remove images (by their name in the map) and their segments from a map bundle."""
+    from segvlad_edge.runtime.map_edit import remove_images
+
+    b = remove_images(map_path, list(names), out)
+    click.echo(f"map {out or map_path}: removed {len(set(names))} images, {len(b.images)} left, "
+               f"{len(b.arrays['descriptors'])} segments")
 
 
 @cli.command("localize")

@@ -6,14 +6,16 @@ the bundle as checksummed arrays, so loading a map reads them instead of rebuild
 - ``"hnsw"`` (hnswlib, maps under ``IVFPQ_FROM`` segments): the graph's links are stored; the
   float32 vectors hnswlib keeps beside them are refilled from the float16 descriptors at load, so
   the file holds each vector once. RAM: about 1.3 KiB per segment at 256 dims.
-- ``"ivfpq"`` (faiss IVF-PQ, larger maps): 32-byte product-quantised codes in ``nlist`` inverted
-  lists find ``RERANK x k`` candidates, re-scored exactly against the float16 descriptors (which
-  stay memory-mapped in the bundle). RAM: about 40 bytes per segment.
+- ``"ivfpq"`` (faiss IVF-PQ fast-scan, larger maps): 64-byte product-quantised codes (128 x 4 bits)
+  in ``nlist`` inverted lists find ``rerank x k`` candidates, re-scored exactly against the float16
+  descriptors (which stay memory-mapped in the bundle). RAM: about 72 bytes per segment.
 
 An exact (chunked numpy) path measures either kind's recall. Search runs in float32 (numpy has
 no fast float16 matmul).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -22,7 +24,7 @@ from segvlad_edge.runtime.bundle import BundleError
 KINDS = ("hnsw", "ivfpq")
 IVFPQ_FROM = 200_000            # segments (about 10k images): from here IVF-PQ, below HNSW
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
-IVFPQ = {"pq_m": 32, "nprobe": 48, "rerank": 4, "train_max": 100_000, "seed": 0}
+IVFPQ = {"pq_m": 128, "nprobe": 16, "rerank": 24, "train_max": 100_000, "seed": 0}
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
 
 
@@ -36,8 +38,8 @@ def choose_kind(n_segments: int) -> str:
 
 
 def ivf_lists(n_segments: int) -> int:
-    """Inverted lists for an IVF index of ``n_segments`` vectors: about 2 sqrt(N), in [16, 4096]."""
-    return int(np.clip(2 * np.sqrt(max(n_segments, 1)), 16, 4096))
+    """Inverted lists for an IVF index of ``n_segments`` vectors: about sqrt(N), in [16, 4096]."""
+    return int(np.clip(np.sqrt(max(n_segments, 1)), 16, 4096))
 
 
 class SegmentIndex:
@@ -107,7 +109,7 @@ class SegmentIndex:
         if rows is not None:
             valid = rows >= 0
             cand = self.descriptors[np.where(valid, rows, 0).ravel()].astype(np.float32).reshape(*rows.shape, -1)
-            s = np.where(valid, np.einsum("md,mcd->mc", q, cand), -np.inf).astype(np.float32)
+            s = np.where(valid, np.matmul(cand, q[:, :, None])[:, :, 0], -np.inf).astype(np.float32)
             top = np.argsort(-s, axis=1, kind="stable")[:, :k]
             return np.where(np.take_along_axis(valid, top, 1), np.take_along_axis(rows, top, 1), -1), \
                 np.take_along_axis(s, top, 1)
@@ -248,10 +250,11 @@ def _build_ivfpq(index: SegmentIndex):
     p, n, dim = index.params, len(index), index.dim
     nlist = int(p.get("nlist") or ivf_lists(n))
     p["nlist"] = nlist
+    p["pq_m"] = math.gcd(int(p["pq_m"]), dim)          # sub-quantizers must divide the dimension
     rng = np.random.default_rng(p["seed"])
     train = np.sort(rng.choice(n, min(n, int(p["train_max"])), replace=False))
     quantizer = faiss.IndexFlatIP(dim)
-    idx = faiss.IndexIVFPQ(quantizer, dim, nlist, int(p["pq_m"]), 8, faiss.METRIC_INNER_PRODUCT)
+    idx = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, int(p["pq_m"]), 4, faiss.METRIC_INNER_PRODUCT)
     idx.cp.seed = int(p["seed"])
     idx.pq.cp.seed = int(p["seed"])
     idx.train(np.asarray(index.descriptors[train], np.float32))
@@ -276,7 +279,7 @@ def _ivfpq_from_arrays(index: SegmentIndex, meta: dict, a: dict):
         idx = faiss.deserialize_index(np.ascontiguousarray(blob))
     except RuntimeError as e:
         raise StoredIndexError(f"stored IVF-PQ index is unreadable ({str(e).splitlines()[0]})") from None
-    if idx.ntotal != len(index) or idx.d != index.dim or not isinstance(idx, faiss.IndexIVFPQ):
+    if idx.ntotal != len(index) or idx.d != index.dim or not isinstance(idx, faiss.IndexIVFPQFastScan):
         raise StoredIndexError(f"stored IVF-PQ index holds {idx.ntotal}x{idx.d}, not the {len(index)}x{index.dim} descriptors")
     return idx
 

@@ -55,7 +55,7 @@ def test_stored_index_answers_like_the_built_one_without_rebuilding(kind, params
 def test_choose_kind_by_map_size():
     assert I.choose_kind(10_000) == "hnsw"
     assert I.choose_kind(I.IVFPQ_FROM) == "ivfpq"
-    assert 16 <= I.ivf_lists(100) <= I.ivf_lists(2_000_000) == 2828
+    assert 16 <= I.ivf_lists(100) <= I.ivf_lists(2_000_000) == 1414
 
 
 def test_exact_search_in_chunks_matches_one_block(monkeypatch):
