@@ -24,7 +24,7 @@ from segvlad_edge.runtime.bundle import BundleError
 KINDS = ("hnsw", "ivfpq")
 IVFPQ_FROM = 200_000            # segments (about 10k images): from here IVF-PQ, below HNSW
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
-IVFPQ = {"pq_m": 128, "nprobe": 16, "rerank": 24, "train_max": 100_000, "seed": 0}
+IVFPQ = {"pq_m": 128, "nprobe": 32, "rerank": 32, "train_max": 100_000, "seed": 0}
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
 
 
@@ -106,10 +106,11 @@ class SegmentIndex:
     def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of ``q [M, d] float32`` over all descriptors (or over ``rows [M, C]`` per query,
         -1 = none), in blocks of EXACT_CHUNK rows."""
-        if rows is not None:
+        if rows is not None:            # the union of all queries' candidates, read once, one product
             valid = rows >= 0
-            cand = self.descriptors[np.where(valid, rows, 0).ravel()].astype(np.float32).reshape(*rows.shape, -1)
-            s = np.where(valid, np.matmul(cand, q[:, :, None])[:, :, 0], -np.inf).astype(np.float32)
+            union, where = np.unique(np.where(valid, rows, 0), return_inverse=True)
+            s_union = q @ np.asarray(self.descriptors[union], np.float32).T
+            s = np.where(valid, np.take_along_axis(s_union, where.reshape(rows.shape), 1), -np.inf).astype(np.float32)
             top = np.argsort(-s, axis=1, kind="stable")[:, :k]
             return np.where(np.take_along_axis(valid, top, 1), np.take_along_axis(rows, top, 1), -1), \
                 np.take_along_axis(s, top, 1)
@@ -127,6 +128,7 @@ class SegmentIndex:
 
     def _ivfpq_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.prepare()
+        _faiss().omp_set_num_threads(max(self.threads, 1))    # a frame's few queries: threads cost more than they give
         idx.nprobe = int(self.params["nprobe"])
         _, cand = idx.search(q, min(len(self), int(self.params["rerank"]) * k))
         cand = np.where((cand >= 0) & (cand < len(self)), cand, -1).astype(np.int64)
