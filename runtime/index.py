@@ -50,7 +50,7 @@ class SegmentIndex:
 
     def __init__(self, descriptors: np.ndarray, kind: str = "auto", threads: int = -1,
                  meta: dict | None = None, stored: dict[str, np.ndarray] | None = None):
-        d = np.asarray(descriptors) if not isinstance(descriptors, np.memmap) else descriptors
+        d = descriptors if isinstance(descriptors, np.ndarray) else np.asarray(descriptors)   # memmaps stay mapped
         if d.dtype not in (np.float16, np.float32):
             d = d.astype(np.float16)
         self.descriptors = d
