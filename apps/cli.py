@@ -230,7 +230,8 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (implies --quiet).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run the per-image passes as Ray tasks: on the cluster at ADDRESS (auto, ray://HOST:10001), "
-                   "or on a local Ray instance without one. Needs the [ray] extra.")
+                   "or on a local Ray instance without one (put a bare --ray last, or write --ray=ADDRESS). "
+                   "Needs the [ray] extra.")
 @user_errors
 def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
               metadata_csv, keep_work, quiet, as_json, ray_address):

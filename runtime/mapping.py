@@ -8,8 +8,12 @@ image's features at a time plus the fitting samples and the final descriptors:
 2. the vocabulary and PCA: fitted on the map, or the domain fit beside the engine
    (``fit="domain"``, or ``"auto"`` for maps under 50 images; ``runtime/fitting.py``);
 3. each image -> SuperSegment descriptors; map images localised with their place held back
-   calibrate the confidence (runtime/confidence.py); the bundle is written atomically and the
-   work folder removed. Unreadable images are skipped with a one-line reason.
+   calibrate the confidence (runtime/confidence.py); the search index is built and stored in the
+   bundle (runtime/index.py); the bundle is written atomically and the work folder removed.
+   Unreadable images are skipped with a one-line reason.
+
+Passes 1 and 3 run as Ray tasks with ``ray=RayConf(...)`` (runtime/ray_build.py); appending to or
+removing from an existing map is runtime/map_edit.py.
 """
 from __future__ import annotations
 

@@ -108,3 +108,9 @@ def test_edit_errors_are_one_line(setup, engines_dir):
     r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", "remove-images", str(tmp / "first.segmap"),
                         "nope.jpg"], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no image named" in r.stderr
+
+
+def test_build_map_needs_an_output_or_a_map_to_add_to(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", "build-map", str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--add MAP" in r.stderr
