@@ -251,7 +251,10 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
 
 @cli.command("build-map")
 @click.argument("images_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle file to write.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Bundle file to write (with --add: default the map itself, replaced atomically).")
+@click.option("--add", "add_to", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              metavar="MAP", help="Append IMAGES_DIR's images to this map with its own engine, settings and fit.")
 @pipeline_options()
 @fit_options
 @click.option("--metadata", "metadata_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -259,21 +262,39 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
 @click.option("--keep-work", is_flag=True, help="Keep the per-image work folder (resume data).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (implies --quiet).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run the per-image passes as Ray tasks: on the cluster at ADDRESS (auto, ray://HOST:10001), "
+                   "or on a local Ray instance without one (put a bare --ray last, or write --ray=ADDRESS). "
+                   "Needs the [ray] extra.")
 @user_errors
-def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
-              metadata_csv, keep_work, quiet, as_json):
-    """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata)."""
+def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
+              metadata_csv, keep_work, quiet, as_json, ray_address):
+    """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata), or add them to one."""
     from segvlad_edge.runtime import mapping, metadata
 
+    if out is None and add_to is None:
+        raise click.UsageError("give the bundle to write (-o/--out), or --add MAP")
     images = _image_list(images_dir)
     names = [n for n, _ in images]
     meta = {n: m for n, p in images if (m := {**metadata.from_exif(p), **metadata.from_name(n)})}
     if metadata_csv:
         for n, m in metadata.read_csv(metadata_csv, names).items():
             meta[n] = {**meta.get(n, {}), **m}
-    pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
-    s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
-                     domain=domain, images_root=str(images_dir.resolve()), inputs=(metadata_csv,) if metadata_csv else ())
+    ray = None
+    if ray_address:
+        from segvlad_edge.runtime.ray_build import RayConf
+        ray = RayConf(address=None if ray_address == "local" else ray_address, threads=threads)
+    inputs = (metadata_csv,) if metadata_csv else ()
+    if add_to is not None:
+        from segvlad_edge.runtime.map_edit import add_images
+
+        out = out or add_to
+        s = add_images(add_to, images, out, meta, str(images_dir.resolve()), engines_dir, domain, threads, keep_work,
+                       progress=not (quiet or as_json), ray=ray, inputs=inputs)
+    else:
+        pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
+        s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
+                         domain=domain, images_root=str(images_dir.resolve()), inputs=inputs, ray=ray)
     for name, reason in s.skipped:
         click.echo(f"skipped {printable(name)}: {printable(reason)}", err=True)
     if as_json:
@@ -286,6 +307,21 @@ def build_map(images_dir, out, engines_dir, size, methods, segmenter, order, pca
                f"{s.bytes / 1024:.1f} KiB ({s.bytes / s.images / 1024:.1f} KiB/image), vocabulary/PCA from the "
                f"{s.fit['source']}{' ' + s.fit['file'] if s.fit['source'] == 'domain' else ''}, {s.seconds:.1f} s"
                + (f", {len(s.skipped)} skipped" if s.skipped else ""))
+
+
+@cli.command("remove-images")
+@click.argument("map_path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("names", nargs=-1, required=True)
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Bundle file to write (default: the map itself, replaced atomically).")
+@user_errors
+def remove_images_cmd(map_path, names, out):
+    """Remove images (by their name in the map) and their segments from a map bundle."""
+    from segvlad_edge.runtime.map_edit import remove_images
+
+    b = remove_images(map_path, list(names), out)
+    click.echo(f"map {out or map_path}: removed {len(set(names))} images, {len(b.images)} left, "
+               f"{len(b.arrays['descriptors'])} segments")
 
 
 @cli.command("localize")

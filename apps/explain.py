@@ -69,7 +69,8 @@ def save_explanation(localizer, query_bgr: np.ndarray, answer, path: str | Path,
     for rank_i, (entry, pairs) in enumerate(zip(answer.top[:top], answer.pairs[:top])):
         i = entry["index"]
         try:
-            img = load_image(root / entry["name"])
+            folder = root if map_images else Path(bundle.images[i].get("root", root))   # added flights keep their folder
+            img = load_image(folder / entry["name"])
         except ImageError:
             img = None                                          # not on this machine: segment layout on grey
         m_panel = _panel(img, aspect)

@@ -15,7 +15,10 @@ ranges, finiteness, safe names; its models (vocabulary, PCA, descriptors, calibr
 checked to be finite and non-degenerate.
 
 Every size is checked against the file before anything is allocated, every array against
-its sha256, and the arrays against each other, before a bundle is used. Writes are atomic (``files.atomic_write``).
+its sha256, and the arrays against each other, before a bundle is used. Arrays of MMAP_FROM
+bytes or more (descriptors, label maps, the stored index) and the verification codes are hashed
+by streaming the file and then memory-mapped read-only, so a large map costs RAM only for the
+pages a search touches. Writes are atomic (``files.atomic_write``).
 """
 from __future__ import annotations
 
@@ -48,9 +51,14 @@ ARRAYS = {   # name: (dtype, rank, required); one line per array a map bundle ma
     "calib_negatives": ("float32", 1, False),
     "verify_mean": ("float32", 1, False), "verify_components": ("float32", 2, False),
     "verify_codes": ("float16", 3, False),
+    "index_links0": ("uint8", 2, False), "index_labels": ("int32", 1, False),        # stored search index
+    "index_levels": ("int32", 1, False), "index_upper": ("uint8", 1, False),         # (runtime/index.py)
+    "index_faiss": ("uint8", 1, False),
 }
 VERIFY_ARRAYS = ("verify_mean", "verify_components", "verify_codes")   # spatial verification: all or none
-MMAP_ARRAYS = {"verify_codes"}        # read per shortlist: memory-mapped, not held in RAM
+MMAP_ARRAYS = {"verify_codes"}        # read per shortlist: memory-mapped, not held in RAM, at any size
+MMAP_FROM = 1 << 20                   # arrays of this many bytes or more are memory-mapped, not read
+HASH_CHUNK = 8 << 20
 HEX64 = Str(pattern=r"[0-9a-f]{64}")
 GRID = List(Int(1, 1024), 2, 2)
 ENGINE = Obj({"source_sha256": HEX64, "input_size": List(Int(14, 16384), 2, 2), "patch_size": Int(1, 64),
@@ -60,10 +68,12 @@ FITS = {"map": Obj({"source": Str(("map",)), "images": Int(0, MAX_IMAGES)}),
         "domain": Obj({"source": Str(("domain",)), "file": FILE_NAME, "sha256": HEX64, "settings": Json(),
                        "images": Optional(Int(0, MAX_IMAGES)), "sources": Optional(List(Str()))},
                       optional=("images", "sources"))}
-IMAGE = Obj({"name": Str(max_len=4096), "meta": Json()}, optional=("meta",))
+IMAGE = Obj({"name": Str(max_len=4096), "meta": Json(), "root": Str(max_len=4096)}, optional=("meta", "root"))
 META = Obj({"format": Str(("segvlad-edge map",)), "format_version": Int(FORMAT_VERSION, FORMAT_VERSION),
             "created": Str(max_len=64), "created_by": Str(max_len=256), "engine": ENGINE, "settings": Json(),
-            "fit": Json(), "images": List(IMAGE, 1, MAX_IMAGES), "images_root": Str()}, optional=("images_root",))
+            "fit": Json(), "images": List(IMAGE, 1, MAX_IMAGES), "images_root": Str(), "modified": Str(max_len=64),
+            "index": Obj({"kind": Str(("hnsw", "ivfpq")), "params": Json()}, partial=True)},
+           optional=("images_root", "modified", "index"))
 
 
 class BundleError(SegvladError, ValueError):
@@ -91,7 +101,9 @@ class MapBundle:
     ``meta["fit"]``; ``calib_negatives [<=I] float32`` (sorted, in [0, 1]) calibrates the
     confidence (runtime/confidence.py); spatial verification (runtime/verification.py):
     ``verify_mean [C] float32``, ``verify_components [d, C] float32`` and ``verify_codes
-    [I, h*w, d] float16`` (memory-mapped on read)."""
+    [I, h*w, d] float16`` (memory-mapped on read); ``meta["index"]`` and the ``index_*`` arrays
+    hold the stored search structure (runtime/index.py; maps written by ``build-map`` always carry
+    one, a bundle without one gets an HNSW graph built at load)."""
 
     meta: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -185,7 +197,7 @@ class MapBundle:
             if arr.dtype.name != dtype or arr.ndim != rank:
                 raise BundleError(f"{where}: array {name!r} is {arr.dtype.name} rank {arr.ndim}, expected {dtype} "
                                   f"rank {rank}")
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            if arr.dtype.kind == "f" and not all(np.isfinite(block).all() for block in _blocks(arr)):
                 raise BundleError(f"{where}: array {name!r} holds NaN or infinite values")
         missing = [n for n, (_, _, required) in ARRAYS.items() if required and n not in self.arrays]
         if missing:
@@ -206,10 +218,16 @@ class MapBundle:
                               "or the patch grid")
 
 
+def _blocks(x: np.ndarray, rows: int = 1 << 16):
+    """``x`` in blocks of ``rows`` leading rows (bounded temporaries on memory-mapped arrays)."""
+    return (x[i:i + rows] for i in range(0, max(len(x), 1), rows)) if x.ndim else (x,)
+
+
 def _finite_rows(x: np.ndarray) -> np.ndarray:
-    """``[N] bool``: rows that are finite and not all zero."""
-    x = x.astype(np.float32)
-    return np.isfinite(x).all(1) & (np.abs(x).max(1, initial=0) > 0)
+    """``[N] bool``: rows that are finite and not all zero (computed block by block)."""
+    out = [np.isfinite(b.astype(np.float32)).all(1) & (np.abs(b.astype(np.float32)).max(1, initial=0) > 0)
+           for b in _blocks(x)]
+    return np.concatenate(out) if out else np.zeros(0, bool)
 
 
 def check_models(a: dict, settings: Settings, dims: int | None, where) -> None:
@@ -336,20 +354,25 @@ def _read_array(f, path: Path, name: str, e: dict, start: int, size: int) -> np.
     if start + offset + nbytes > size:
         raise BundleError(f"{path}: array {name!r} extends past the end of the file: truncated")
     f.seek(start + offset)
-    if name in MMAP_ARRAYS:                     # checked in chunks, then mapped (pages read on use)
-        h, left = hashlib.sha256(), nbytes
-        while left:
-            chunk = f.read(min(left, 1 << 22))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-        if left or h.hexdigest() != sha:
-            raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")
-        if nbytes == 0:
-            return np.zeros(shape, dtype)
-        return np.memmap(path, dtype=dtype, mode="r", offset=start + offset, shape=tuple(shape))
+    if name in MMAP_ARRAYS or nbytes >= MMAP_FROM:
+        return _mapped_array(f, path, name, dtype, shape, start + offset, nbytes, sha)
     data = f.read(nbytes)
     if len(data) != nbytes or hashlib.sha256(data).hexdigest() != sha:
         raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _mapped_array(f, path: Path, name: str, dtype: str, shape: list, at: int, nbytes: int, sha: str) -> np.ndarray:
+    """A large array as a read-only memory map, after its sha256 is checked by streaming the file
+    (``f`` positioned at ``at``) through a fixed buffer: pages come into RAM only when used."""
+    h, buf, left = hashlib.sha256(), bytearray(HASH_CHUNK), nbytes
+    view = memoryview(buf)
+    while left:
+        got = f.readinto(view[:min(left, HASH_CHUNK)])
+        if not got:
+            raise BundleError(f"{path}: array {name!r} extends past the end of the file: truncated")
+        h.update(view[:got])
+        left -= got
+    if h.hexdigest() != sha:
+        raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")
+    return np.memmap(path, dtype=dtype, mode="r", offset=at, shape=tuple(shape))

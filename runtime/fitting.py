@@ -69,7 +69,7 @@ def _read_work_file(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]
         feats, masks, grid = z["features"].astype(np.float32), z["masks"], tuple(int(g) for g in z["grid"])
     if len(grid) != 2 or feats.ndim != 2 or feats.shape[0] != grid[0] * grid[1] or masks.dtype != bool \
             or masks.ndim != 2 or masks.shape[1] != feats.shape[0]:
-        raise ValueError(f"{path.name}: malformed work file")
+        raise ValueError(f"{getattr(path, 'name', 'work file')}: malformed work file")
     return feats, masks, grid
 
 

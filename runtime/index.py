@@ -1,24 +1,67 @@
-"""SegmentIndex: inner-product search over all map SuperSegment descriptors.
+"""SegmentIndex: inner-product search over all map SuperSegment descriptors, stored in the bundle.
 
-HNSW (hnswlib) for the online path, an exact numpy path to measure the HNSW index's recall.
-Bundles hold float16 descriptors (float32 is accepted, to measure what float16 costs); search
-runs in float32 (numpy has no fast float16 matmul).
+Two kinds, chosen by map size (``choose_kind``), both built once by ``build-map`` and stored in
+the bundle as checksummed arrays, so loading a map reads them instead of rebuilding:
+
+- ``"hnsw"`` (hnswlib, maps under ``IVFPQ_FROM`` segments): the graph's links are stored; the
+  float32 vectors hnswlib keeps beside them are refilled from the float16 descriptors at load, so
+  the file holds each vector once. RAM: about 1.3 KiB per segment at 256 dims.
+- ``"ivfpq"`` (faiss IVF-PQ fast-scan, larger maps): 64-byte product-quantised codes (128 x 4 bits)
+  in ``nlist`` inverted lists find ``rerank x k`` candidates, re-scored exactly against the float16
+  descriptors (which stay memory-mapped in the bundle). RAM: about 72 bytes per segment.
+
+An exact (chunked numpy) path measures either kind's recall. Search runs in float32 (numpy has
+no fast float16 matmul).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from segvlad_edge.runtime.bundle import BundleError
+
+KINDS = ("hnsw", "ivfpq")
+IVFPQ_FROM = 200_000            # segments (about 10k images): from here IVF-PQ, below HNSW
+HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
+IVFPQ = {"pq_m": 128, "nprobe": 32, "rerank": 32, "train_max": 100_000, "seed": 0}
+EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
+
+
+class StoredIndexError(BundleError):
+    """A stored index is malformed, does not match the descriptors, or needs a missing library."""
+
+
+def choose_kind(n_segments: int) -> str:
+    """``"hnsw"`` for small maps (exact-like recall, no training), ``"ivfpq"`` from IVFPQ_FROM segments."""
+    return "ivfpq" if n_segments >= IVFPQ_FROM else "hnsw"
+
+
+def ivf_lists(n_segments: int) -> int:
+    """Inverted lists for an IVF index of ``n_segments`` vectors: about sqrt(N), in [16, 4096]."""
+    return int(np.clip(np.sqrt(max(n_segments, 1)), 16, 4096))
 
 
 class SegmentIndex:
-    """``descriptors [N, d] float16 or float32`` (unit norm). ``search(q [M, d], k) -> ids [M, k] int64,
-    sims [M, k] float32`` best first; ids past N (k > N) are -1 with sim -inf."""
+    """``descriptors [N, d] float16 or float32`` (unit norm; may be a memory map). ``search(q [M, d], k)
+    -> ids [M, k] int64, sims [M, k] float32`` best first; ids past N (k > N) are -1 with sim -inf.
+    ``kind``: "hnsw" | "ivfpq" | "auto" (``choose_kind``); the structure is built on first use unless
+    ``stored`` (``to_arrays()`` of an earlier build, with its ``meta``) is given."""
 
-    def __init__(self, descriptors: np.ndarray, m: int = 32, ef_construction: int = 200, ef: int = 256,
-                 seed: int = 100, threads: int = -1):
-        d = np.asarray(descriptors)
-        self.descriptors = np.ascontiguousarray(d, d.dtype if d.dtype in (np.float16, np.float32) else np.float16)
-        self.m, self.ef_construction, self.ef, self.seed, self.threads = m, ef_construction, ef, seed, threads
-        self._hnsw = None
+    def __init__(self, descriptors: np.ndarray, kind: str = "auto", threads: int = -1,
+                 meta: dict | None = None, stored: dict[str, np.ndarray] | None = None):
+        d = descriptors if isinstance(descriptors, np.ndarray) else np.asarray(descriptors)   # memmaps stay mapped
+        if d.dtype not in (np.float16, np.float32):
+            d = d.astype(np.float16)
+        self.descriptors = d
+        self.kind = choose_kind(len(d)) if kind == "auto" else kind
+        if self.kind not in KINDS:
+            raise StoredIndexError(f"unknown index kind {self.kind!r}")
+        self.threads = threads
+        self.params = {**(HNSW if self.kind == "hnsw" else IVFPQ), **(meta or {}).get("params", {})}
+        self._impl = None
+        if stored is not None:
+            self._impl = (_hnsw_from_arrays if self.kind == "hnsw" else _ivfpq_from_arrays)(self, meta, stored)
 
     def __len__(self) -> int:
         return len(self.descriptors)
@@ -27,19 +70,20 @@ class SegmentIndex:
     def dim(self) -> int:
         return self.descriptors.shape[1]
 
-    def hnsw(self):
-        """Build the HNSW graph on first use (a few seconds per 10k segments)."""
-        if self._hnsw is None:
-            import hnswlib
+    # ------------------------------------------------------------------ build / store
+    def prepare(self):
+        """The search structure, built now if it was not stored (seconds per 10k segments)."""
+        if self._impl is None:
+            self._impl = _build_hnsw(self) if self.kind == "hnsw" else _build_ivfpq(self)
+        return self._impl
 
-            idx = hnswlib.Index(space="ip", dim=self.dim)
-            idx.init_index(max_elements=max(len(self), 1), ef_construction=self.ef_construction, M=self.m,
-                           random_seed=self.seed)
-            if len(self):
-                idx.add_items(self.descriptors.astype(np.float32), np.arange(len(self)), num_threads=self.threads)
-            self._hnsw = idx
-        return self._hnsw
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """``(meta, arrays)`` to store in a bundle: meta ``{"kind", "params", ...}`` (JSON), arrays
+        named ``index_*``."""
+        impl = self.prepare()
+        return (_hnsw_to_arrays if self.kind == "hnsw" else _ivfpq_to_arrays)(self, impl)
 
+    # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, np.float32)
         kk = min(k, len(self))
@@ -48,22 +92,51 @@ class SegmentIndex:
         if kk == 0 or len(q) == 0:
             return ids, sims
         if exact:
-            s = q @ self.descriptors.astype(np.float32).T
-            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-            order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
-            ids[:, :kk] = np.take_along_axis(top, order, 1)
-            sims[:, :kk] = np.take_along_axis(s, ids[:, :kk], 1)
-        else:
-            idx = self.hnsw()
-            idx.set_ef(max(self.ef, kk))
+            ids[:, :kk], sims[:, :kk] = self._exact(q, kk)
+        elif self.kind == "hnsw":
+            idx = self.prepare()
+            idx.set_ef(max(self.params["ef"], kk))
             labels, dist = idx.knn_query(q, k=kk, num_threads=self.threads)
             ids[:, :kk] = labels
             sims[:, :kk] = 1 - dist          # hnswlib "ip" distance is 1 - <a, b>
+        else:
+            ids[:, :kk], sims[:, :kk] = self._ivfpq_search(q, kk)
         return ids, sims
 
+    def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of ``q [M, d] float32`` over all descriptors (or over ``rows [M, C]`` per query,
+        -1 = none), in blocks of EXACT_CHUNK rows."""
+        if rows is not None:            # the union of all queries' candidates, read once, one product
+            valid = rows >= 0
+            union, where = np.unique(np.where(valid, rows, 0), return_inverse=True)
+            s_union = q @ np.asarray(self.descriptors[union], np.float32).T
+            s = np.where(valid, np.take_along_axis(s_union, where.reshape(rows.shape), 1), -np.inf).astype(np.float32)
+            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            return np.where(np.take_along_axis(valid, top, 1), np.take_along_axis(rows, top, 1), -1), \
+                np.take_along_axis(s, top, 1)
+        best_i = np.zeros((len(q), 0), np.int64)
+        best_s = np.zeros((len(q), 0), np.float32)
+        for start in range(0, len(self), EXACT_CHUNK):
+            block = np.asarray(self.descriptors[start:start + EXACT_CHUNK], np.float32)
+            s = np.concatenate([best_s, q @ block.T], axis=1)
+            i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(block)), (len(q), len(block)))], 1)
+            kk = min(k, s.shape[1])
+            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        return np.take_along_axis(best_i, order, 1), np.take_along_axis(best_s, order, 1)
+
+    def _ivfpq_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.prepare()
+        _faiss().omp_set_num_threads(max(self.threads, 1))    # a frame's few queries: threads cost more than they give
+        idx.nprobe = int(self.params["nprobe"])
+        _, cand = idx.search(q, min(len(self), int(self.params["rerank"]) * k))
+        cand = np.where((cand >= 0) & (cand < len(self)), cand, -1).astype(np.int64)
+        return self._exact(q, k, rows=cand)
+
     def recall(self, queries: np.ndarray, k: int, tol: float = 1e-4) -> float:
-        """Top-k recall of HNSW against exact search (mean over queries), tie-aware: an HNSW hit
-        counts when its similarity reaches the exact k-th similarity, so of several identical
+        """Top-k recall of the stored index against exact search (mean over queries), tie-aware: a
+        hit counts when its similarity reaches the exact k-th similarity, so of several identical
         descriptors (SuperSegments that grew into the same region) any may fill the last places."""
         _, exact = self.search(queries, k, exact=True)
         _, approx = self.search(queries, k)
@@ -72,3 +145,164 @@ class SegmentIndex:
             return 1.0
         kth = exact[:, kk - 1:kk]
         return float(np.mean(np.minimum((approx[:, :kk] >= kth - tol).sum(1), kk) / kk))
+
+
+# ---------------------------------------------------------------------- hnswlib
+def _build_hnsw(index: SegmentIndex):
+    import hnswlib
+
+    p = index.params
+    idx = hnswlib.Index(space="ip", dim=index.dim)
+    idx.init_index(max_elements=max(len(index), 1), ef_construction=p["ef_construction"], M=p["m"],
+                   random_seed=p["seed"])
+    for start in range(0, len(index), EXACT_CHUNK):      # float32 copies one block at a time
+        block = np.asarray(index.descriptors[start:start + EXACT_CHUNK], np.float32)
+        idx.add_items(block, np.arange(start, start + len(block)), num_threads=index.threads)
+    return idx
+
+
+HNSW_SCALARS = ("max_M", "max_M0", "mult", "max_level", "enterpoint_node")
+
+
+def _hnsw_to_arrays(index: SegmentIndex, idx) -> tuple[dict, dict]:
+    """hnswlib's state without its float32 vector copies: level-0 links ``[N, 4 + 4 max_M0] uint8``,
+    the label of each internal element ``[N] int32``, element levels ``[N] int32`` and the upper
+    levels' link lists ``[L] uint8``."""
+    (s,) = idx.__getstate__()
+    n = int(s["cur_element_count"])
+    level0 = s["data_level0"].view(np.uint8)[:n * s["size_data_per_element"]].reshape(n, s["size_data_per_element"])
+    labels = np.ascontiguousarray(level0[:, s["label_offset"]:s["label_offset"] + 8]).view(np.uint64).ravel()
+    meta = {"kind": "hnsw", "params": index.params, "count": n, **{k: s[k] for k in HNSW_SCALARS}}
+    meta["mult"] = float(meta["mult"])
+    return meta, {"index_links0": np.ascontiguousarray(level0[:, :s["offset_data"]]),
+                  "index_labels": labels.astype(np.int32),
+                  "index_levels": s["element_levels"].astype(np.int32),
+                  "index_upper": s["link_lists"].view(np.uint8)}
+
+
+def _check_links(links: np.ndarray, max_links: int, n: int, what: str) -> None:
+    """``links [R, 1 + max_links] uint32`` rows of (count, ids...): counts and ids in range."""
+    count = links[:, 0] & 0xFFFF
+    if (count > max_links).any():
+        raise StoredIndexError(f"stored HNSW {what} links: a list is longer than M allows")
+    used = np.arange(max_links)[None, :] < count[:, None]
+    if (links[:, 1:][used] >= n).any():
+        raise StoredIndexError(f"stored HNSW {what} links point past the {n} segments")
+
+
+def _hnsw_from_arrays(index: SegmentIndex, meta: dict, a: dict):
+    """hnswlib index from stored arrays, refilled with the float32 vectors; every link, level and
+    label is checked first (hnswlib trusts its state)."""
+    import hnswlib
+
+    n, dim = len(index), index.dim
+    try:
+        max_m, max_m0, max_level, entry = (int(meta[k]) for k in ("max_M", "max_M0", "max_level", "enterpoint_node"))
+        mult, count = float(meta["mult"]), int(meta["count"])
+        links0, labels, levels, upper = a["index_links0"], a["index_labels"], a["index_levels"], a["index_upper"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise StoredIndexError(f"stored HNSW index is incomplete ({e})") from None
+    off = 4 + 4 * max_m0
+    per_upper = 4 + 4 * max_m
+    if count != n or links0.shape != (n, off) or labels.shape != (n,) or levels.shape != (n,) \
+            or not (0 < max_m <= 1024 and max_m0 <= 2048) or links0.dtype != np.uint8 or upper.dtype != np.uint8:
+        raise StoredIndexError(f"stored HNSW index does not match the {n} descriptors")
+    if n and (np.sort(labels) != np.arange(n)).any():
+        raise StoredIndexError("stored HNSW labels are not a permutation of the segments")
+    if (levels < 0).any() or (n and (int(levels.max()) != max_level or not 0 <= entry < n)) \
+            or int(levels.sum(dtype=np.int64)) * per_upper != len(upper):
+        raise StoredIndexError("stored HNSW levels disagree with the link lists")
+    _check_links(np.ascontiguousarray(links0).view(np.uint32), max_m0, n, "level-0")
+    _check_links(np.frombuffer(upper.tobytes(), np.uint32).reshape(-1, 1 + max_m), max_m, n, "upper-level")
+    size = off + 4 * dim + 8
+    data = np.empty((n, size), np.uint8)
+    data[:, :off] = links0
+    for start in range(0, n, EXACT_CHUNK):
+        sl = slice(start, start + EXACT_CHUNK)
+        data[sl, off:off + 4 * dim] = np.asarray(index.descriptors[labels[sl]], np.float32).view(np.uint8)
+    data[:, off + 4 * dim:] = labels.astype(np.uint64)[:, None].view(np.uint8)
+    p = index.params
+    state = {"ser_version": 1, "space": "ip", "dim": dim, "index_inited": True, "ep_added": True,
+             "normalize": False, "num_threads": index.threads if index.threads > 0 else 1, "seed": p["seed"],
+             "offset_level0": 0, "max_elements": max(n, 1), "cur_element_count": n, "size_data_per_element": size,
+             "label_offset": off + 4 * dim, "offset_data": off, "max_level": max_level, "enterpoint_node": entry,
+             "max_M": max_m, "max_M0": max_m0, "M": p["m"], "mult": mult, "ef_construction": p["ef_construction"],
+             "ef": p["ef"], "has_deletions": False, "size_links_per_element": per_upper,
+             "allow_replace_deleted": False, "label_lookup_external": labels.astype(np.uint64),
+             "label_lookup_internal": np.arange(n, dtype=np.uint32), "element_levels": levels.astype(np.int32),
+             "data_level0": data.view(np.int8).ravel(), "link_lists": np.asarray(upper).view(np.int8)}
+    idx = hnswlib.Index.__new__(hnswlib.Index)
+    idx.__setstate__((state,))
+    return idx
+
+
+# ---------------------------------------------------------------------- faiss IVF-PQ
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise StoredIndexError("this map's IVF-PQ index needs faiss (`pip install faiss-cpu`)") from None
+    return faiss
+
+
+def _build_ivfpq(index: SegmentIndex):
+    faiss = _faiss()
+    if index.threads > 0:
+        faiss.omp_set_num_threads(index.threads)
+    p, n, dim = index.params, len(index), index.dim
+    nlist = int(p.get("nlist") or ivf_lists(n))
+    p["nlist"] = nlist
+    p["pq_m"] = math.gcd(int(p["pq_m"]), dim)          # sub-quantizers must divide the dimension
+    rng = np.random.default_rng(p["seed"])
+    train = np.sort(rng.choice(n, min(n, int(p["train_max"])), replace=False))
+    quantizer = faiss.IndexFlatIP(dim)
+    idx = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, int(p["pq_m"]), 4, faiss.METRIC_INNER_PRODUCT)
+    idx.cp.seed = int(p["seed"])
+    idx.pq.cp.seed = int(p["seed"])
+    idx.train(np.asarray(index.descriptors[train], np.float32))
+    for start in range(0, n, EXACT_CHUNK):
+        idx.add(np.asarray(index.descriptors[start:start + EXACT_CHUNK], np.float32))
+    return idx
+
+
+def _ivfpq_to_arrays(index: SegmentIndex, idx) -> tuple[dict, dict]:
+    return {"kind": "ivfpq", "params": index.params, "count": int(idx.ntotal)}, \
+        {"index_faiss": _faiss().serialize_index(idx)}
+
+
+def _ivfpq_from_arrays(index: SegmentIndex, meta: dict, a: dict):
+    faiss = _faiss()
+    if index.threads > 0:
+        faiss.omp_set_num_threads(index.threads)
+    blob = a.get("index_faiss")
+    if blob is None or blob.dtype != np.uint8 or blob.ndim != 1:
+        raise StoredIndexError("stored IVF-PQ index is missing or malformed")
+    try:
+        idx = faiss.deserialize_index(np.ascontiguousarray(blob))
+    except RuntimeError as e:
+        raise StoredIndexError(f"stored IVF-PQ index is unreadable ({str(e).splitlines()[0]})") from None
+    if idx.ntotal != len(index) or idx.d != index.dim or not isinstance(idx, faiss.IndexIVFPQFastScan):
+        raise StoredIndexError(f"stored IVF-PQ index holds {idx.ntotal}x{idx.d}, not the {len(index)}x{index.dim} descriptors")
+    return idx
+
+
+# ---------------------------------------------------------------------- bundles
+def store_index(bundle, kind: str = "auto", threads: int = -1) -> SegmentIndex:
+    """Build the search structure over ``bundle.arrays["descriptors"]`` and store it in the bundle
+    (``meta["index"]``, ``arrays["index_*"]``), replacing any earlier one. Returns the index."""
+    for name in [n for n in bundle.arrays if n.startswith("index_")]:
+        del bundle.arrays[name]
+    index = SegmentIndex(bundle.arrays["descriptors"], kind, threads)
+    bundle.meta["index"], stored = index.to_arrays()
+    bundle.arrays.update(stored)
+    return index
+
+
+def open_index(bundle, threads: int = -1) -> SegmentIndex:
+    """The bundle's stored search structure (checked, not rebuilt), or, for a bundle without one, an
+    HNSW index built on first use."""
+    meta = bundle.meta.get("index")
+    if meta is None:
+        return SegmentIndex(bundle.arrays["descriptors"], "hnsw", threads)
+    stored = {n: a for n, a in bundle.arrays.items() if n.startswith("index_")}
+    return SegmentIndex(bundle.arrays["descriptors"], meta["kind"], threads, meta, stored)

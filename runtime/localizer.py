@@ -18,7 +18,7 @@ from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
 from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, RANK_DEPTH, confidence
 from segvlad_edge.runtime.fitting import load_domain, set_models
-from segvlad_edge.runtime.index import SegmentIndex
+from segvlad_edge.runtime.index import open_index
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, make_pipeline
 from segvlad_edge.runtime.position import MapPositions
 from segvlad_edge.runtime.ranking import Ranked, rank
@@ -67,7 +67,7 @@ class Localizer:
         self.bundle, self.pipeline = bundle, pipeline
         s = bundle.settings
         self.top_k, self.norm = s.top_k, s.norm
-        self.index = SegmentIndex(bundle.arrays["descriptors"])
+        self.index = open_index(bundle)         # stored in the bundle: read, not rebuilt
         self.segment_image = bundle.segment_image
         self.names = [img["name"] for img in bundle.images]
         self.calib = bundle.arrays.get("calib_negatives")
@@ -90,7 +90,7 @@ class Localizer:
                 raise BundleError(f"{bundle.path}: built with the domain fit {fit['file']}, which is not in "
                                   f"{where.parent}; copy it beside the engine (or pass --domain FILE)")
         loc = cls(bundle, pipe)
-        loc.index.hnsw()                # build the graph now, not inside the first frame's timing
+        loc.index.prepare()             # a bundle without a stored index builds it now, not in the first frame
         return loc
 
     def rank_descriptors(self, desc: np.ndarray, top: int = 10, exact: bool = False,

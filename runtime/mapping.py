@@ -8,8 +8,12 @@ image's features at a time plus the fitting samples and the final descriptors:
 2. the vocabulary and PCA: fitted on the map, or the domain fit beside the engine
    (``fit="domain"``, or ``"auto"`` for maps under 50 images; ``runtime/fitting.py``);
 3. each image -> SuperSegment descriptors; map images localised with their place held back
-   calibrate the confidence (runtime/confidence.py); the bundle is written atomically and the
-   work folder removed. Unreadable images are skipped with a one-line reason.
+   calibrate the confidence (runtime/confidence.py); the search index is built and stored in the
+   bundle (runtime/index.py); the bundle is written atomically and the work folder removed.
+   Unreadable images are skipped with a one-line reason.
+
+Passes 1 and 3 run as Ray tasks with ``ray=RayConf(...)`` (runtime/ray_build.py); appending to or
+removing from an existing map is runtime/map_edit.py.
 """
 from __future__ import annotations
 
@@ -25,10 +29,12 @@ from tqdm import tqdm
 
 from segvlad_edge import __version__
 from segvlad_edge.files import check_output
+from segvlad_edge.runtime import ray_build
 from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle, check_name
 from segvlad_edge.runtime.confidence import held_back_negatives
 from segvlad_edge.runtime.fitting import (FitError, extract_frames, fit_models, load_features, load_frame, model_arrays,
                                          resolve_fit)
+from segvlad_edge.runtime.index import store_index
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.pipeline import FramePipeline
 from segvlad_edge.runtime.verification import PatchCoder
@@ -54,12 +60,13 @@ class BuildSummary:
 def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline,
          metadata: dict[str, dict] | None = None, keep_work: bool = False, progress: bool = True,
          fit: str = "auto", domain: Path | None = None, images_root: str | None = None,
-         inputs: tuple = ()) -> BuildSummary:
+         inputs: tuple = (), ray: ray_build.RayConf | None = None) -> BuildSummary:
     """``images``: [(name stored in the bundle, file path)]; ``metadata``: name -> {gps, pose, label, ...};
     ``fit``: "auto" | "map" | "domain" (where the vocabulary and PCA come from); ``domain``: a
     domain file other than the one beside the engine; ``images_root``: the map images' folder,
     recorded so that explanations can show them; ``inputs``: other files the build reads (a
-    metadata CSV). ``out`` may not be any input: checked before any work."""
+    metadata CSV). ``out`` may not be any input: checked before any work. ``ray``: run the
+    per-image passes as Ray tasks (runtime/ray_build.py)."""
     t_start = time.perf_counter()
     out = Path(out)
     if not images:
@@ -76,20 +83,15 @@ def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: Frame
     work = out.parent / f".{out.name}.work"
     work.mkdir(exist_ok=True)
 
-    kept, skipped, stage_ms = extract_frames(images, work, pipeline, progress)              # 1
+    kept, skipped, stage_ms = (extract_frames(images, work, pipeline, progress) if ray is None            # 1
+                               else ray_build.extract_frames(images, work, pipeline, ray, progress))
     if fit_ref is None:                                                                        # 2
         fit_models(pipeline, lambda: (load_frame(wf, pipeline.conf) for _, wf in kept), len(kept),
                    np.random.default_rng(0), progress)
         fit_ref = {"source": "map", "images": len(kept)}
-    descs, counts, labels = [], [], []                                                         # 3
-    for _, wf in tqdm(kept, desc="descriptors", unit="img", disable=not progress):
-        frame = load_frame(wf, pipeline.conf)
-        d = pipeline.describe(frame)
-        for k in ("vlad", "pca"):
-            stage_ms[k] = stage_ms.get(k, 0.0) + frame.ms[k]
-        descs.append(d)
-        counts.append(len(d))
-        labels.append(frame.label_map())
+    descs, counts, labels, ms = (describe_frames(kept, pipeline, progress) if ray is None                 # 3
+                                 else ray_build.describe_frames(kept, pipeline, ray, progress))
+    stage_ms.update(ms)
     bundle = make_bundle(pipeline, [n for n, _ in kept], descs, counts, labels, metadata or {}, fit_ref)
     if images_root:
         bundle.meta["images_root"] = str(images_root)
@@ -117,6 +119,21 @@ def verification_arrays(features: Callable[[], Iterable[np.ndarray]], n_images: 
             "verify_codes": np.stack([coder.codes(f) for f in features()])}
 
 
+def describe_frames(kept: list[tuple[str, Path]], pipeline: FramePipeline, progress: bool = True):
+    """Pass 3: each work file -> ``descs [[S_i, d] float16]``, ``counts [S_i]``, ``labels [[P] uint8]``,
+    ``stage_ms {vlad, pca: total ms}``, in the order of ``kept``."""
+    descs, counts, labels, stage_ms = [], [], [], {}
+    for _, wf in tqdm(kept, desc="descriptors", unit="img", disable=not progress):
+        frame = load_frame(wf, pipeline.conf)
+        d = pipeline.describe(frame)
+        for k in ("vlad", "pca"):
+            stage_ms[k] = stage_ms.get(k, 0.0) + frame.ms[k]
+        descs.append(d)
+        counts.append(len(d))
+        labels.append(frame.label_map())
+    return descs, counts, labels, stage_ms
+
+
 def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarray], counts: list[int],
                 labels: list[np.ndarray], metadata: dict[str, dict], fit_ref: dict) -> MapBundle:
     """The bundle of a map's descriptors; it holds the vocabulary/PCA only when fitted on the map."""
@@ -138,4 +155,6 @@ def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarra
         "fit": fit_ref,
         "images": [{"name": n, **({"meta": metadata[n]} if n in metadata else {})} for n in names],
     }
-    return MapBundle(meta, arrays)
+    bundle = MapBundle(meta, arrays)
+    store_index(bundle)             # the search structure goes into the bundle: loading reads it
+    return bundle

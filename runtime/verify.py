@@ -3,7 +3,7 @@
 ``main(path, engines_dir, domain) -> [(check, ok, detail)]``: file checksums, the header
 against its schema (every setting in range, finite metadata), internal consistency, finite and
 non-degenerate models (vocabulary, PCA, calibration), engine compatibility, the domain fit it
-references, descriptor sanity (finite, unit norm), and the HNSW index the robot will search
+references, descriptor sanity (finite, unit norm), and the stored index the robot will search
 (sampled map images must find themselves first through it with their own descriptors).
 """
 from __future__ import annotations
@@ -50,5 +50,7 @@ def main(path: str | Path, engines_dir=None, domain: Path | None = None) -> list
     sample = [i for i in np.unique(np.linspace(0, n_img - 1, min(SELF_CHECKS, n_img)).astype(int)) if counts[i]]
     found = sum(int(i) in loc.rank_descriptors(desc[offsets[i]:offsets[i + 1]], top=1).images[:1] for i in sample)
     ok = not sample or found >= 0.8 * len(sample)
-    results.append(("index", ok, f"HNSW: {found}/{len(sample)} sampled map images find themselves first"))
+    kind = {"hnsw": "HNSW", "ivfpq": "IVF-PQ"}[loc.index.kind]
+    where = "stored in the bundle" if bundle.meta.get("index") else "built at load"
+    results.append(("index", ok, f"{kind}: {found}/{len(sample)} sampled map images find themselves first ({where})"))
     return results

@@ -125,12 +125,12 @@ def test_work_files_are_keyed_by_content_and_truncated_ones_redone(engines_dir, 
     kept_g, _, _ = extract_frames([(p.name, p) for p in a], work, other, progress=False)
     assert not {wf for _, wf in kept_g} & {wf for _, wf in kept_a}
     wf = kept_a[0][1]
-    good = load_frame(wf, 3).fmap.features
+    good = load_frame(wf, pipe.conf).fmap.features
     for broken in (b"", wf.read_bytes()[: wf.stat().st_size // 2]):       # empty, truncated: redone
         wf.write_bytes(broken)
         kept, _, ms = extract_frames([(p.name, p) for p in a], work, pipe, progress=False)
         assert kept[0][1] == wf and "features" in ms
-        np.testing.assert_allclose(load_frame(wf, 3).fmap.features, good, atol=1e-3)
+        np.testing.assert_allclose(load_frame(wf, pipe.conf).fmap.features, good, atol=1e-3)
     again, _, ms = extract_frames([(p.name, p) for p in a], work, pipe, progress=False)
     assert ms == {}                                                         # all reused: nothing recomputed
     assert not [p for p in work.iterdir() if ".tmp" in p.name]

@@ -1,0 +1,215 @@
+"""Maps that scale: localize start-up, peak memory, search speed and recall by map size.
+
+    nice -n 10 python benchmarks/scale.py [--sizes 1000 10000 100000] [--work /work/cache/scale]
+
+A real map is built by the product (``mapping.main``, default engine and settings) from the map
+images of the shared sets (corridor/ref, gardens_point_day/day_left, toy_unlabelled/database),
+and cached in ``--work``. A map of N images holds those real images and, beyond them, synthetic
+ones: each copies the segment count, duplicate pattern (SuperSegments grown into the same region
+share a descriptor) and label map of a random real image, with descriptors drawn from a Gaussian
+with the real descriptors' mean and covariance (unit-normalised, float16). Each map is written by
+the product's bundle writer with its stored index (the kind ``build-map`` chooses for its size,
+marked *, and the other kind where it builds in reasonable time), then a fresh process per
+bundle measures:
+
+- start-up: from the process's first statement to the first answer of ``Localizer.from_bundle``
+  + ``localize`` on a real query frame, minus that frame's DINOv2 pass (bundle file in the OS
+  page cache, as after a copy; checksums of every array are verified on each load);
+- peak RSS of that process (ru_maxrss) after 10 real query frames, engine session included;
+- search + ranking ms per frame: median over the 10 frames, wall clock and process CPU time
+  (the machine is shared: the CPU figures are what the work costs);
+- top-K' (50) recall of the stored index against exact search, tie-aware, over the 10 frames'
+  SuperSegment descriptors.
+"""
+from __future__ import annotations
+
+import time
+
+T0 = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+MAP_DIRS = ("corridor/ref", "gardens_point_day/day_left", "toy_unlabelled/database")
+QUERY_DIRS = ("corridor/query", "gardens_point_day/day_right")
+QUERIES = 10
+HNSW_BUILD_MAX = 100_000         # segments: above this the HNSW alternative is not built (tens of minutes here)
+
+
+def real_map(work: Path, threads: int) -> Path:
+    """The product's own map of the shared sets' map images (built once, then reused)."""
+    out = work / "real.segmap"
+    if out.is_file():
+        return out
+    from segvlad_edge.engines.manifest import default_engines_dir, find_engine
+    from segvlad_edge.runtime import mapping
+    from segvlad_edge.runtime.features import DenseFeatureExtractor
+    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+
+    pipe = FramePipeline(DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=threads),
+                         dict(CONFS["segvlad"]))
+    images = [(f"{d}/{p.name}", p) for d in MAP_DIRS for p in list_images(SHARED / d)]
+    s = mapping.main(images, out, pipe, progress=True, fit="map")
+    print(f"real map: {s.images} images, {s.segments} segments, {s.seconds:.0f} s")
+    return out
+
+
+def synthetic_bundle(real, n_images: int, rng: np.random.Generator):
+    """The real map extended to ``n_images`` with synthetic images (see the module docstring)."""
+    from segvlad_edge.runtime.bundle import MapBundle
+
+    a = real.arrays
+    counts_r, desc_r = a["segments_per_image"], np.asarray(a["descriptors"], np.float32)
+    n_real = min(len(counts_r), n_images)
+    offsets = np.concatenate([[0], np.cumsum(counts_r)])
+    patterns = [np.unique(desc_r[offsets[i]:offsets[i + 1]], axis=0, return_inverse=True)[1].ravel()
+                for i in range(len(counts_r))]
+    n_unique = np.array([p.max(initial=-1) + 1 for p in patterns])
+    mean = desc_r.mean(0)
+    chol = np.linalg.cholesky(np.cov(desc_r, rowvar=False) + 1e-6 * np.eye(desc_r.shape[1]))
+    templates = rng.integers(0, len(counts_r), n_images - n_real)
+    counts = np.concatenate([counts_r[:n_real], counts_r[templates]]).astype(np.int32)
+    desc = np.empty((int(counts.sum()), desc_r.shape[1]), np.float16)
+    desc[:offsets[n_real]] = a["descriptors"][:offsets[n_real]]
+    at = int(offsets[n_real])
+    for chunk in np.array_split(templates, max(1, len(templates) // 5000)):
+        u = int(n_unique[chunk].sum())
+        x = mean + rng.standard_normal((u, len(mean)), np.float32) @ chol.T.astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        base = np.concatenate([[0], np.cumsum(n_unique[chunk])])
+        rows = np.concatenate([base[j] + patterns[t] for j, t in enumerate(chunk)]) if len(chunk) else []
+        desc[at:at + len(rows)] = x[rows]
+        at += len(rows)
+    labels = np.concatenate([a["segment_labels"][:n_real], a["segment_labels"][templates]])
+    meta = {k: v for k, v in real.meta.items() if k != "index"}
+    meta["images"] = real.images[:n_real] + [{"name": f"synthetic/{i:06d}.jpg"} for i in range(len(templates))]
+    arrays = {k: v for k, v in a.items() if not k.startswith("index_")}
+    arrays.update(descriptors=desc, segments_per_image=counts, segment_labels=labels)
+    return MapBundle(meta, arrays), n_real
+
+
+def make_maps(work: Path, sizes: list[int], threads: int) -> list[dict]:
+    from segvlad_edge.runtime.bundle import MapBundle
+    from segvlad_edge.runtime.index import choose_kind, store_index
+
+    real = MapBundle.read(real_map(work, threads))
+    rows = []
+    for n in sizes:
+        bundle, n_real = synthetic_bundle(real, n, np.random.default_rng(n))
+        segs = len(bundle.arrays["descriptors"])
+        default = choose_kind(segs)
+        for kind in ("hnsw", "ivfpq"):
+            path = work / f"scale-{n}-{kind}.segmap"
+            if kind != default and kind == "hnsw" and segs > HNSW_BUILD_MAX:
+                rows.append({"images": n, "real": n_real, "segments": segs, "kind": kind, "default": False,
+                             "path": None})
+                continue
+            if not path.is_file():
+                t = time.perf_counter()
+                store_index(bundle, kind, threads)
+                bundle.write(path)
+                print(f"{path.name}: index built in {time.perf_counter() - t:.0f} s", flush=True)
+            stored = MapBundle.read(path).arrays
+            rows.append({"images": n, "real": n_real, "segments": segs, "kind": kind, "default": kind == default,
+                         "path": path, "index_mib": sum(v.nbytes for k, v in stored.items()
+                                                        if k.startswith("index_")) / 2**20})
+            del stored
+        del bundle
+    return rows
+
+
+def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
+    """In a fresh process: start-up to the first answer, peak RSS, search+rank ms, recall."""
+    from segvlad_edge.runtime.images import load_image
+    from segvlad_edge.runtime.localizer import RANK_DEPTH, Localizer
+    from segvlad_edge.runtime.ranking import rank
+
+    t_imported, cpu0 = time.perf_counter(), time.process_time()
+    loc = Localizer.from_bundle(bundle_path, threads=threads)
+    t_loaded, load_cpu = time.perf_counter(), time.process_time() - cpu0
+    first = loc.localize(load_image(query_paths[0]))
+    startup = time.perf_counter() - T0 - first.ms["features"] / 1e3
+    answers = [first] + [loc.localize(load_image(p)) for p in query_paths[1:]]
+    rss = peak_rss_mib()
+    ms = [a.ms.get("search", 0) + a.ms.get("rank", 0) for a in answers if a.segments]
+    hits, same, cpu_ms = [], [], []
+    for a in answers:
+        if not a.segments:
+            continue
+        d = loc.pipeline.describe(a.frame)
+        time.sleep(0.05)                                     # let onnxruntime's spinning threads settle
+        c0 = time.process_time()
+        loc.rank_descriptors(d, top=RANK_DEPTH)
+        cpu_ms.append(1e3 * (time.process_time() - c0))
+        ids, sims = loc.index.search(d, loc.top_k, exact=True)
+        _, approx = loc.index.search(d, loc.top_k)
+        hits.append((approx >= sims[:, -1:] - 1e-4).sum(1) / loc.top_k)     # tie-aware, as SegmentIndex.recall
+        exact_best = rank(ids, sims, loc.segment_image, len(loc.names), 1, loc.norm).images[:1]
+        same.append(exact_best.tolist() == a.ranked.images[:1].tolist())
+    return {"startup_s": startup, "imports_s": t_imported - T0, "load_s": t_loaded - t_imported, "rss_mib": rss,
+            "search_rank_ms": float(np.median(ms)), "recall": float(np.mean(np.concatenate(hits))),
+            "top1_same": float(np.mean(same)), "load_cpu_s": load_cpu, "search_rank_cpu_ms": float(np.median(cpu_ms))}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM; ru_maxrss would include the forking parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    ap.add_argument("--work", type=Path, default=Path("/work/cache/scale"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--probe", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    from segvlad_edge.runtime.images import list_images
+
+    queries = [str(p) for d in QUERY_DIRS for p in list_images(SHARED / d)]
+    queries = [queries[i] for i in np.linspace(0, len(queries) - 1, QUERIES).astype(int)]
+    if a.probe:
+        print(json.dumps(probe(a.probe, queries, a.threads)))
+        return
+    a.work.mkdir(parents=True, exist_ok=True)
+    rows = make_maps(a.work, a.sizes, a.threads)
+    print(f"\n{'images':>7s} {'real':>5s} {'segments':>9s} {'index':>6s} {'file MiB':>8s} {'index MiB':>9s} "
+          f"{'start-up s':>10s} {'imports':>7s} {'load':>6s} {'load CPU':>8s} {'peak RSS MiB':>12s} "
+          f"{'search+rank ms':>14s} {'(CPU ms)':>8s} {'recall':>7s} {'top-1 = exact':>13s}")
+    for r in rows:
+        name = r["kind"] + ("*" if r["default"] else "")
+        if r["path"] is None:
+            print(f"{r['images']:7d} {r['real']:5d} {r['segments']:9d} {name:>6s}   not built (HNSW build of "
+                  f"{r['segments']} segments takes too long here)")
+            continue
+        out = subprocess.run([sys.executable, __file__, "--probe", str(r["path"]), "--threads", str(a.threads)],
+                             capture_output=True, text=True)
+        if out.returncode:
+            print(f"{r['images']:7d} {name:>6s} probe failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        p = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{r['images']:7d} {r['real']:5d} {r['segments']:9d} {name:>6s} {r['path'].stat().st_size / 2**20:8.1f} "
+              f"{r['index_mib']:9.1f} {p['startup_s']:10.2f} {p['imports_s']:7.2f} {p['load_s']:6.2f} "
+              f"{p['load_cpu_s']:8.2f} {p['rss_mib']:12.0f} {p['search_rank_ms']:14.2f} {p['search_rank_cpu_ms']:8.2f} "
+              f"{p['recall']:7.4f} {p['top1_same']:13.2f}", flush=True)
+    print(f"load average during the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
+          f"on {os.cpu_count()} cores (wall-clock figures include waiting for the CPU; CPU figures do not)")
+    print("start-up: process start to first answer minus its DINOv2 pass (imports: Python modules; load: "
+          "Localizer.from_bundle = checksums, engine session, index); * = the kind build-map chooses; recall: "
+          f"top-50 vs exact, tie-aware, over the segments of {QUERIES} real query frames; top-1 = exact: share of "
+          "those frames whose best map image is the exact search's")
+
+
+if __name__ == "__main__":
+    main()

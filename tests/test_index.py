@@ -1,0 +1,173 @@
+"""SegmentIndex: stored search structures (HNSW links, IVF-PQ codes) load without a rebuild and
+answer as built; malformed stored indexes are refused; memory-mapped bundles refuse truncation
+and tampering."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from segvlad_edge.runtime import bundle as B
+from segvlad_edge.runtime import index as I
+from segvlad_edge.runtime.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.index import SegmentIndex, StoredIndexError, open_index, store_index
+
+
+def clustered(n=3000, d=64, seed=0, dup_every=3):
+    """Unit vectors around 40 centres, every ``dup_every``-th a copy of its predecessor (ties)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((40, d))
+    x = c[rng.integers(0, 40, n)] + 0.8 * rng.standard_normal((n, d))
+    x[1::dup_every] = x[0::dup_every][:len(x[1::dup_every])]
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+def queries(x, n=100, seed=1):
+    rng = np.random.default_rng(seed)
+    q = x[rng.choice(len(x), n, replace=False)].astype(np.float32) + 0.05 * rng.standard_normal((n, x.shape[1]))
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def no_build(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the search structure was rebuilt")
+    monkeypatch.setattr(I, "_build_hnsw", boom)
+    monkeypatch.setattr(I, "_build_ivfpq", boom)
+
+
+@pytest.mark.parametrize("kind,params", [("hnsw", {}), ("ivfpq", {"nlist": 32, "train_max": 3000})])
+def test_stored_index_answers_like_the_built_one_without_rebuilding(kind, params, monkeypatch):
+    x, q = clustered(), None
+    q = queries(x)
+    built = SegmentIndex(x, kind, threads=1)
+    built.params.update(params)
+    meta, stored = built.to_arrays()
+    ids, sims = built.search(q, 20)
+    no_build(monkeypatch)
+    loaded = SegmentIndex(x, kind, threads=1, meta=meta, stored=stored)
+    ids2, sims2 = loaded.search(q, 20)
+    np.testing.assert_array_equal(ids, ids2)
+    np.testing.assert_allclose(sims, sims2, atol=1e-6)
+    assert loaded.recall(q, 20) >= 0.99
+    assert (ids2 >= 0).all() and (ids2 < len(x)).all()
+
+
+def test_choose_kind_by_map_size():
+    assert I.choose_kind(10_000) == "hnsw"
+    assert I.choose_kind(I.IVFPQ_FROM) == "ivfpq"
+    assert 16 <= I.ivf_lists(100) <= I.ivf_lists(2_000_000) == 1414
+
+
+def test_exact_search_in_chunks_matches_one_block(monkeypatch):
+    x = clustered(n=500)
+    q = queries(x, 30)
+    ids, sims = SegmentIndex(x, "hnsw").search(q, 10, exact=True)
+    monkeypatch.setattr(I, "EXACT_CHUNK", 37)
+    ids2, sims2 = SegmentIndex(x, "hnsw").search(q, 10, exact=True)
+    np.testing.assert_allclose(sims, sims2, atol=1e-6)
+    ref = np.sort(q @ x.astype(np.float32).T, axis=1)[:, ::-1][:, :10]
+    np.testing.assert_allclose(sims2, ref, atol=1e-5)
+
+
+def test_malformed_stored_hnsw_is_refused():
+    x = clustered(n=400)
+    meta, stored = SegmentIndex(x, "hnsw", threads=1).to_arrays()
+    bad = dict(stored)
+    links = stored["index_links0"].copy()
+    links.view(np.uint32)[0, 1] = 10_000_000                    # a link past the segments
+    links.view(np.uint32)[0, 0] = max(links.view(np.uint32)[0, 0], 1)
+    bad["index_links0"] = links
+    with pytest.raises(StoredIndexError, match="point past"):
+        SegmentIndex(x, "hnsw", meta=meta, stored=bad)
+    with pytest.raises(StoredIndexError, match="does not match"):
+        SegmentIndex(x[:300], "hnsw", meta=meta, stored=stored)
+    bad = dict(stored, index_labels=np.zeros(len(x), np.int32))
+    with pytest.raises(StoredIndexError, match="permutation"):
+        SegmentIndex(x, "hnsw", meta=meta, stored=bad)
+    with pytest.raises(StoredIndexError, match="incomplete"):
+        SegmentIndex(x, "hnsw", meta={k: v for k, v in meta.items() if k != "max_M0"}, stored=stored)
+
+
+def test_malformed_stored_ivfpq_is_refused():
+    x = clustered(n=1000)
+    idx = SegmentIndex(x, "ivfpq")
+    idx.params.update(nlist=16, train_max=1000)
+    meta, stored = idx.to_arrays()
+    with pytest.raises(StoredIndexError, match="not the 999x64"):
+        SegmentIndex(x[:999], "ivfpq", meta=meta, stored=stored)
+    garbage = np.frombuffer(b"not a faiss index" * 8, np.uint8).copy()
+    with pytest.raises(StoredIndexError, match="unreadable"):
+        SegmentIndex(x, "ivfpq", meta=meta, stored={"index_faiss": garbage})
+
+
+# ---------------------------------------------------------------------- in a bundle, memory-mapped
+def big_bundle(n_images=120, per_image=25, dims=256):
+    """A map bundle whose descriptors (1.5 MiB) are memory-mapped on reading."""
+    rng = np.random.default_rng(0)
+    n = n_images * per_image
+    meta = {"format": "segvlad-edge map", "format_version": B.FORMAT_VERSION,
+            "engine": {"patch_grid": [2, 3], "input_size": [42, 28]},
+            "settings": {"pca_dims": dims, "pca": True, "top_k": 10, "norm": "query", "vocab_k": 2},
+            "fit": {"source": "map"}, "images": [{"name": f"img{i}.jpg"} for i in range(n_images)]}
+    arrays = {"descriptors": clustered(n, dims, dup_every=5),
+              "segments_per_image": np.full(n_images, per_image, np.int32),
+              "segment_labels": np.zeros((n_images, 6), np.uint8),
+              "vocab_centers": rng.standard_normal((2, 4)).astype(np.float32),
+              "pca_mean": np.zeros(8, np.float32), "pca_components": np.zeros((dims, 8), np.float32),
+              "pca_scale": np.ones(dims, np.float32)}
+    b = MapBundle(meta, arrays)
+    store_index(b, threads=1)
+    return b
+
+
+@pytest.fixture(scope="module")
+def big_written(tmp_path_factory):
+    p = tmp_path_factory.mktemp("big") / "big.segmap"
+    big_bundle().write(p)
+    return p
+
+
+def test_bundle_loads_memory_mapped_with_its_stored_index(big_written, monkeypatch):
+    from segvlad_edge.runtime.localizer import Localizer
+
+    ref = big_bundle()
+    b = MapBundle.read(big_written)
+    assert isinstance(b.arrays["descriptors"], np.memmap) and not b.arrays["descriptors"].flags.writeable
+    assert b.arrays["descriptors"].nbytes >= B.MMAP_FROM
+    assert b.meta["index"]["kind"] == "hnsw"
+    no_build(monkeypatch)
+    loc = Localizer(b, None)
+    q = queries(ref.arrays["descriptors"], 20)
+    expected = open_index(ref).search(q, 10)
+    got = loc.index.search(q, 10)
+    np.testing.assert_array_equal(expected[0], got[0])
+    r = loc.rank_descriptors(ref.arrays["descriptors"][50:75], top=1)
+    assert r.images[0] == 2                                     # image 2's own segments find it
+
+
+def test_truncated_memory_mapped_bundle_is_refused(big_written, tmp_path):
+    data = big_written.read_bytes()
+    p = tmp_path / "cut.segmap"
+    for cut in (len(data) - 1, len(data) // 2):
+        p.write_bytes(data[:cut])
+        with pytest.raises(BundleError, match="truncated"):
+            MapBundle.read(p)
+
+
+def test_tampered_memory_mapped_bundle_is_refused_in_one_line(big_written, tmp_path):
+    import json
+    data = bytearray(big_written.read_bytes())
+    _, _, hlen, _ = B.PREFIX.unpack_from(data)
+    header = json.loads(data[B.PREFIX.size:B.PREFIX.size + hlen])
+    start = -(-(B.PREFIX.size + hlen) // B.ALIGN) * B.ALIGN
+    for name in ("descriptors", "index_links0"):
+        e = header["arrays"][name]
+        flipped = bytearray(data)
+        flipped[start + e["offset"] + e["nbytes"] // 2] ^= 0x01
+        p = tmp_path / f"{name}.segmap"
+        p.write_bytes(bytes(flipped))
+        with pytest.raises(BundleError, match=f"array '{name}' checksum mismatch"):
+            MapBundle.read(p)
+    r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", "inspect", str(p)], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "checksum mismatch" in r.stderr
