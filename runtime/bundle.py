@@ -72,7 +72,7 @@ IMAGE = Obj({"name": Str(max_len=4096), "meta": Json(), "root": Str(max_len=4096
 META = Obj({"format": Str(("segvlad-edge map",)), "format_version": Int(FORMAT_VERSION, FORMAT_VERSION),
             "created": Str(max_len=64), "created_by": Str(max_len=256), "engine": ENGINE, "settings": Json(),
             "fit": Json(), "images": List(IMAGE, 1, MAX_IMAGES), "images_root": Str(), "modified": Str(max_len=64),
-            "index": Obj({"kind": Str(("hnsw", "ivfpq")), "params": Json()}, partial=True)},
+            "index": Json()},                 # the stored search structure: runtime/index.py checks its fields
            optional=("images_root", "modified", "index"))
 
 
@@ -181,6 +181,10 @@ class MapBundle:
                                   or np.any(np.diff(calib) < 0)):
             raise BundleError(f"{where}: confidence calibration table is malformed (not sorted in [0, 1])")
         self._validate_verification(where, settings)
+        index = m.get("index")
+        if index is not None and (not isinstance(index, dict) or index.get("kind") not in ("hnsw", "ivfpq")
+                                  or not isinstance(index.get("params"), dict)):
+            raise BundleError(f"{where}: the stored search index record is malformed")
         if m["fit"]["source"] == "domain":
             if m["fit"]["settings"] != settings.fit_part():
                 raise BundleError(f"{where}: domain fit settings {m['fit']['settings']} disagree with the map's")

@@ -10,6 +10,7 @@ import pytest
 from segvlad_edge.runtime import bundle as B
 from segvlad_edge.runtime import index as I
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.settings import Settings
 from segvlad_edge.runtime.index import SegmentIndex, StoredIndexError, open_index, store_index
 
 
@@ -105,15 +106,17 @@ def big_bundle(n_images=120, per_image=25, dims=256):
     """A map bundle whose descriptors (1.5 MiB) are memory-mapped on reading."""
     rng = np.random.default_rng(0)
     n = n_images * per_image
-    meta = {"format": "segvlad-edge map", "format_version": B.FORMAT_VERSION,
-            "engine": {"patch_grid": [2, 3], "input_size": [42, 28]},
-            "settings": {"pca_dims": dims, "pca": True, "top_k": 10, "norm": "query", "vocab_k": 2},
-            "fit": {"source": "map"}, "images": [{"name": f"img{i}.jpg"} for i in range(n_images)]}
+    meta = {"format": "segvlad-edge map", "format_version": B.FORMAT_VERSION, "created": "2026-01-01T00:00:00Z",
+            "created_by": "test",
+            "engine": {"patch_grid": [2, 3], "input_size": [42, 28], "patch_size": 14, "block": 10, "facet": "value",
+                       "dim": 4, "source_sha256": "ab" * 32, "file": "e.onnx", "source_name": "test"},
+            "settings": Settings(pca_dims=dims, top_k=10, vocab_k=2).to_json(), "fit": {"source": "map", "images": n_images},
+            "images": [{"name": f"img{i}.jpg"} for i in range(n_images)]}
     arrays = {"descriptors": clustered(n, dims, dup_every=5),
               "segments_per_image": np.full(n_images, per_image, np.int32),
               "segment_labels": np.zeros((n_images, 6), np.uint8),
               "vocab_centers": rng.standard_normal((2, 4)).astype(np.float32),
-              "pca_mean": np.zeros(8, np.float32), "pca_components": np.zeros((dims, 8), np.float32),
+              "pca_mean": np.zeros(8, np.float32), "pca_components": np.eye(dims, 8, dtype=np.float16) + np.float16(0.01),
               "pca_scale": np.ones(dims, np.float32)}
     b = MapBundle(meta, arrays)
     store_index(b, threads=1)
