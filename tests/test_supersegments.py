@@ -68,16 +68,17 @@ def test_overlap_filter_drops_near_copies_of_kept_supersegments():
 
 def test_filtered_frames_keep_the_segment_of_each_supersegment():
     from segvlad_edge.runtime.pipeline import FrameSegments, grow
+    from segvlad_edge.runtime.settings import Settings
 
     grid = (4, 6)
     label = np.repeat(np.arange(6), 4).reshape(6, 4).T.ravel()          # 6 vertical stripes
     masks = label[None, :] == np.arange(6)[:, None]
-    ss, kept = grow(masks, grid, {"order": 3, "overlap_psi": 0.8})
+    ss, kept = grow(masks, grid, Settings(order=3, overlap_psi=0.8))
     assert kept is not None and len(ss) == len(kept) < 6                 # neighbourhoods at o=3 repeat
     np.testing.assert_array_equal(ss.masks, SuperSegments.from_masks(masks, grid, 3).masks[kept])
     labels = FrameSegments(None, masks, ss, kept=kept).label_map()
     for row, base in enumerate(kept):                                   # label = SuperSegment row, on its base segment
         assert (labels[masks[base]] == row).all()
     assert (labels[~masks[kept].any(0)] == 255).all()
-    ss_all, none = grow(masks, grid, {"order": 3})
+    ss_all, none = grow(masks, grid, Settings(order=3))
     assert none is None and len(ss_all) == 6
