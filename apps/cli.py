@@ -122,7 +122,7 @@ def build_engines(out, dinov2_src, sizes, block, facet, sam_src, trt, precision,
                               "simplify": not no_simplify, "force": force}.items() if v is not None}
     out = out or default_engines_dir()
     t0 = time.perf_counter()
-    for m, status in step.main(conf, out):
+    for m, status in step.build_engines(conf, out):
         diff = m.verification.get("max_abs_diff")
         extra = f", max |torch - onnx| = {diff:.1e}" if diff is not None else ""
         click.echo(f"{status:10s} {m.engine_path}  ({m.kind}, {m.backend} {m.precision}, "
@@ -241,7 +241,7 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
     images = [(f"{d.name}/{n}", p) for d in images_dirs for n, p in _image_list(d)]
     pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
     with tempfile.TemporaryDirectory(prefix="segvlad-domain-") as work:
-        path, nbytes, n, skipped = fitting.main(images, pipe, Path(work), [str(d) for d in images_dirs],
+        path, nbytes, n, skipped = fitting.build_domain(images, pipe, Path(work), [str(d) for d in images_dirs],
                                                 progress=not quiet, out=out)
     for name, reason in skipped:
         click.echo(f"skipped {printable(name)}: {printable(reason)}", err=True)
@@ -293,7 +293,7 @@ def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, or
                        progress=not (quiet or as_json), ray=ray, inputs=inputs)
     else:
         pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
-        s = mapping.main(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
+        s = mapping.build_map(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
                          domain=domain, images_root=str(images_dir.resolve()), inputs=inputs, ray=ray)
     for name, reason in s.skipped:
         click.echo(f"skipped {printable(name)}: {printable(reason)}", err=True)
@@ -385,7 +385,7 @@ def localize(map_path, images_dir, video, camera, top, out_targets, max_fps, eve
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     try:
-        stats = stream.main(loc, source, sinks, {"top": top, "max_fps": max_fps, "filter": temporal,
+        stats = stream.run_stream(loc, source, sinks, {"top": top, "max_fps": max_fps, "filter": temporal,
                                                  "save_vis": save_vis}, stop)
     finally:
         source.close()
@@ -484,7 +484,7 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
         pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads, extractor)
         extractor = pipe.extractor
         with tempfile.TemporaryDirectory(prefix="segvlad-eval-") as work:
-            r = evaluate.main(pipe, ds, work, progress=not quiet and not as_json, exact=exact, fit=fit, domain=domain)
+            r = evaluate.evaluate(pipe, ds, work, progress=not quiet and not as_json, exact=exact, fit=fit, domain=domain)
         results[method] = r
         r["method"] = method
         if as_json:
@@ -589,7 +589,7 @@ def demo(out, engines_dir, quiet):
     from segvlad_edge.apps import demo as step
 
     t0 = time.perf_counter()
-    r = step.main(_pipeline("segvlad", engines_dir, None, None, None, None, None), out, progress=not quiet)
+    r = step.run_demo(_pipeline("segvlad", engines_dir, None, None, None, None, None), out, progress=not quiet)
     click.echo(f"demo: {r['places']} places, {r['queries']} queries (viewpoint and lighting changes): "
                f"Recall@1 {r['recall@1']:.2f}, Recall@5 {r['recall@5']:.2f}; map {r['map_bytes'] / 1024:.0f} KiB; "
                f"explanation of {r['explained']} -> {r['explanation']} ({time.perf_counter() - t0:.0f} s)")
@@ -606,7 +606,7 @@ def verify_cmd(map_path, engines_dir, domain):
     """Check a bundle end to end (checksums, consistency, engine and domain fit, retrieval); exit 1 on any failure."""
     from segvlad_edge.runtime import verify
 
-    results = verify.main(map_path, engines_dir, domain)
+    results = verify.verify_bundle(map_path, engines_dir, domain)
     for check, ok, detail in results:
         click.echo(f"{'ok  ' if ok else 'FAIL'} {check}: {detail}")
     failed = [c for c, ok, _ in results if not ok]

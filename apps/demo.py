@@ -57,7 +57,7 @@ def lighting_change(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.warpAffine((x * 255).astype(np.uint8), rot, (w, h), borderMode=cv2.BORDER_REFLECT)
 
 
-def main(pipeline, out: Path, progress: bool = True) -> dict:
+def run_demo(pipeline, out: Path, progress: bool = True) -> dict:
     """Build the demo map in ``out``, localise the queries, write ``out/explain.png``."""
     from segvlad_edge.apps.explain import save_explanation, write_png
     from segvlad_edge.runtime.bundle import MapBundle
@@ -75,7 +75,7 @@ def main(pipeline, out: Path, progress: bool = True) -> dict:
     qdir.mkdir(exist_ok=True)
     for qname, img, _ in queries:
         write_png(qdir / qname, img)
-    summary = mapping.main([(p, data / p) for p in PLACES], out / "map.segmap", pipeline, progress=progress,
+    summary = mapping.build_map([(p, data / p) for p in PLACES], out / "map.segmap", pipeline, progress=progress,
                            images_root=str(data))
     loc = Localizer(MapBundle.read(out / "map.segmap"), pipeline)
     hits1 = hits5 = 0

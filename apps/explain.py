@@ -61,7 +61,7 @@ def save_explanation(localizer, query_bgr: np.ndarray, answer, path: str | Path,
     grid = tuple(bundle.meta["engine"]["patch_grid"])
     aspect = query_bgr.shape[1] / query_bgr.shape[0]
     root = Path(map_images) if map_images else Path(bundle.meta.get("images_root", "."))
-    offsets = np.concatenate([[0], np.cumsum(bundle.arrays["segments_per_image"])])
+    offsets = bundle.segment_offsets
     q_panel = _panel(query_bgr, aspect)
     colour_of: dict[int, tuple] = {}                         # query segment -> colour, first come first served
     layout_pairs, m_panels = [], []

@@ -1,6 +1,6 @@
 """Step: frames from a source -> localise -> one JSON line per processed frame.
 
-``main(localizer, source, sink, conf)`` runs until the source ends or ``stop`` is set (the CLI
+``run_stream(localizer, source, sink, conf)`` runs until the source ends or ``stop`` is set (the CLI
 sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)::
 
     {"schema": "segvlad-edge/localize/1", "map": {"file": str, "sha256": str (12 hex)},
@@ -66,7 +66,7 @@ def record(frame, ans, filtered: tuple[str, float, dict | None] | None, total_ms
     return rec
 
 
-def main(localizer, source, sink, conf: dict | None = None, stop: threading.Event | None = None) -> dict:
+def run_stream(localizer, source, sink, conf: dict | None = None, stop: threading.Event | None = None) -> dict:
     """``sink.write(record)`` gets each record (apps/sinks.py). Returns ``{"frames": processed, "errors": undecodable frames, "seconds": wall time}``."""
     conf = {**CONF, **(conf or {})}
     stop = stop or threading.Event()

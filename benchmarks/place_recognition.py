@@ -67,14 +67,14 @@ def main():
             domains = {}
             for method in {m for m, f in METHODS if f == "domain"}:
                 pipe = FramePipeline(extractor, CONFS[method])
-                domains[method], *_ = fitting.main(domain_images(root, name, a.domain_images), pipe,
+                domains[method], *_ = fitting.build_domain(domain_images(root, name, a.domain_images), pipe,
                                                    Path(tmp) / f"work-{method}", [f"not {name}"], progress=False,
                                                    out=Path(tmp) / f"{method}.domain")
             for method, fit in METHODS:
                 pipe = FramePipeline(extractor, CONFS[method])
                 work = Path(tmp) / f"{method}-{fit}"
                 work.mkdir()
-                r = evaluate.main(pipe, ds, work, progress=False, fit=fit,
+                r = evaluate.evaluate(pipe, ds, work, progress=False, fit=fit,
                                   domain=domains[method] if fit == "domain" else None)
                 if method == "segvlad" and fit == "map":
                     d = MapBundle.read(work / "map.segmap").arrays["descriptors"]

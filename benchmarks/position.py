@@ -48,7 +48,7 @@ def build(root: Path, map_dir: str, out: Path, threads: int) -> Path:
     pipe = FramePipeline(DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=threads),
                          CONFS["segvlad"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    mapping.main(images, out, pipe, meta, progress=True, fit="map", images_root=str(root / map_dir))
+    mapping.build_map(images, out, pipe, meta, progress=True, fit="map", images_root=str(root / map_dir))
     return out
 
 

@@ -33,7 +33,7 @@ def build(images, out: Path, threads: int, ray: RayConf | None) -> tuple[float, 
     pipe = FramePipeline(DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=threads),
                          dict(CONFS["segvlad"]))
     t = time.perf_counter()
-    s = mapping.main(images, out, pipe, progress=False, fit="map", ray=ray)
+    s = mapping.build_map(images, out, pipe, progress=False, fit="map", ray=ray)
     return time.perf_counter() - t, s
 
 

@@ -58,7 +58,7 @@ def real_map(work: Path, threads: int) -> Path:
     pipe = FramePipeline(DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=threads),
                          dict(CONFS["segvlad"]))
     images = [(f"{d}/{p.name}", p) for d in MAP_DIRS for p in list_images(SHARED / d)]
-    s = mapping.main(images, out, pipe, progress=True, fit="map")
+    s = mapping.build_map(images, out, pipe, progress=True, fit="map")
     print(f"real map: {s.images} images, {s.segments} segments, {s.seconds:.0f} s")
     return out
 

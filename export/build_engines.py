@@ -1,6 +1,6 @@
 """Step: models a user has -> engine files + manifests in an engines folder.
 
-``main(conf, out_dir)`` exports DINOv2 (one ONNX graph per input size) and, when
+``build_engines(conf, out_dir)`` exports DINOv2 (one ONNX graph per input size) and, when
 ``conf["sam"]`` names a checkpoint, the SAM/MobileSAM encoder and batched point decoder;
 with ``conf["trt"]`` each ONNX graph is also built into a TensorRT plan. Every ONNX export is
 run once with onnxruntime next to torch and the largest absolute difference is recorded in its
@@ -156,7 +156,7 @@ def export_sam(conf: dict, out_dir: Path) -> list[tuple[EngineManifest, str]]:
     return results
 
 
-def main(conf: dict, out_dir: str | os.PathLike) -> list[tuple[EngineManifest, str]]:
+def build_engines(conf: dict, out_dir: str | os.PathLike) -> list[tuple[EngineManifest, str]]:
     """Build every engine ``conf`` asks for into ``out_dir``; returns [(manifest, status)]."""
     conf = {**DEFAULT_CONF, **conf}
     out_dir = Path(out_dir)

@@ -124,6 +124,11 @@ class MapBundle:
         counts = self.arrays["segments_per_image"]
         return np.repeat(np.arange(len(counts)), counts)
 
+    @property
+    def segment_offsets(self) -> np.ndarray:
+        """``[I + 1] int64``: image ``i``'s segments are rows ``offsets[i]:offsets[i + 1]``."""
+        return np.concatenate([[0], np.cumsum(self.arrays["segments_per_image"], dtype=np.int64)])
+
     # ------------------------------------------------------------------ write / read
     def write(self, path: str | os.PathLike, inputs=()) -> int:
         """Write atomically (never over one of ``inputs``); returns the file size in bytes."""

@@ -55,7 +55,7 @@ def held_back_negatives(localizer, n: int = HELD_BACK, window: int = WINDOW) -> 
     counts = localizer.bundle.arrays["segments_per_image"]
     if len(counts) < 2 * window + 3:
         return np.zeros(0, np.float32)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
+    offsets = localizer.bundle.segment_offsets
     desc = localizer.bundle.arrays["descriptors"]
     scores = []
     for i in np.unique(np.linspace(0, len(counts) - 1, min(n, len(counts))).round().astype(int)):

@@ -1,6 +1,6 @@
 """Step: dataset with ground truth -> Recall@N of one method, with sizes and per-stage times.
 
-``main(pipeline, dataset, work_dir)`` builds the map bundle from the dataset's map images (in
+``evaluate(pipeline, dataset, work_dir)`` builds the map bundle from the dataset's map images (in
 ``work_dir``) with the pipeline's settings, localises every query through the one Localizer on
 the same pipeline (engine session, segmenter, the vocabulary/PCA just fitted), and returns
 ``{"recall@1", "recall@5", "recall@10", "queries", ...}``.
@@ -24,11 +24,11 @@ from segvlad_edge.runtime.temporal import SequenceFilter
 RECALL_AT = (1, 5, 10)
 
 
-def main(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool = True, exact: bool = False,
+def evaluate(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool = True, exact: bool = False,
          fit: str = "auto", domain: Path | None = None) -> dict:
     """``fit``/``domain``: where the vocabulary and PCA come from, as for ``mapping.main``."""
     bundle_path = Path(work_dir) / "map.segmap"
-    summary = mapping.main([(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress,
+    summary = mapping.build_map([(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress,
                            fit=fit, domain=domain, images_root=str(Path(ds.root).resolve()))
     loc = Localizer(MapBundle.read(bundle_path), pipe)
     result = score(loc, ds, progress, exact)
@@ -46,7 +46,7 @@ def score(loc: Localizer, ds: Dataset, progress: bool = True, exact: bool = Fals
     index_of = {name: i for i, name in enumerate(loc.names)}
     # map image index in the bundle (skipped images shift it) -> dataset map index
     bundle_to_ds = {index_of[ds.name(p)]: i for i, p in enumerate(ds.map_images) if ds.name(p) in index_of}
-    offsets = np.concatenate([[0], np.cumsum(loc.bundle.arrays["segments_per_image"])])
+    offsets = loc.bundle.segment_offsets
     first = np.full(len(ds.queries), -1)           # rank (0-based) of the first correct map image, -1: none in top 10
     top1 = np.full(len(ds.queries), -1)            # dataset map index answered first
     stage_ms: dict[str, list] = {}

@@ -39,7 +39,6 @@ class DenseFeatureExtractor:
         self.backend = backend or open_engine(manifest, providers, threads)
         self.size = tuple(manifest.input_size)
         self.grid = tuple(manifest.model["patch_grid"])
-        self.dim = int(manifest.model["dim"])
         graph = self.backend.inputs.get("image")
         want = [1, 3, self.size[1], self.size[0]]
         if graph is None or len(graph) != 4 or any(g is not None and g != w for g, w in zip(graph, want)):

@@ -250,7 +250,7 @@ def resolve_fit(pipeline: FramePipeline, fit: str, domain: Path | None = None, n
     return ref
 
 
-def main(images: list[tuple[str, Path]], pipeline: FramePipeline, work: Path, sources: list[str],
+def build_domain(images: list[tuple[str, Path]], pipeline: FramePipeline, work: Path, sources: list[str],
          progress: bool = True, out: Path | None = None) -> tuple[Path, int, int, list]:
     """Step ``build-domain``: fit the vocabulary/PCA on ``images`` and write the domain file
     (``out``, default beside the engine). Returns (path, bytes, images used, skipped)."""

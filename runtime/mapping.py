@@ -1,6 +1,6 @@
 """Step: a folder of map images -> one MapBundle file.
 
-``main(images, out, pipeline)`` runs in three streamed passes, so memory holds one
+``build_map(images, out, pipeline)`` runs in three streamed passes, so memory holds one
 image's features at a time plus the fitting samples and the final descriptors:
 
 1. each image -> features + base segments, written to a work folder beside the output
@@ -57,7 +57,7 @@ class BuildSummary:
     fit: dict = field(default_factory=dict)          # the bundle's "fit" record
 
 
-def main(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline,
+def build_map(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline,
          metadata: dict[str, dict] | None = None, keep_work: bool = False, progress: bool = True,
          fit: str = "auto", domain: Path | None = None, images_root: str | None = None,
          inputs: tuple = (), ray: ray_build.RayConf | None = None) -> BuildSummary:

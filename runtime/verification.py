@@ -32,10 +32,6 @@ class PatchCoder:
         self.mean = np.asarray(mean, np.float32)
         self.components = np.asarray(components, np.float32)
 
-    @property
-    def dims(self) -> int:
-        return len(self.components)
-
     @classmethod
     def fit(cls, features: np.ndarray, dims: int) -> "PatchCoder":
         """``features [N, C]`` sampled patch features (N > dims) -> top ``dims`` principal axes."""

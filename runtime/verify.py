@@ -1,6 +1,6 @@
 """Step: check a map bundle end to end before it goes onto a robot.
 
-``main(path, engines_dir, domain) -> [(check, ok, detail)]``: file checksums, the header
+``verify_bundle(path, engines_dir, domain) -> [(check, ok, detail)]``: file checksums, the header
 against its schema (every setting in range, finite metadata), internal consistency, finite and
 non-degenerate models (vocabulary, PCA, calibration), engine compatibility, the domain fit it
 references, descriptor sanity (finite, unit norm), and the stored index the robot will search
@@ -18,7 +18,7 @@ from segvlad_edge.runtime.bundle import BundleError, MapBundle
 SELF_CHECKS = 20
 
 
-def main(path: str | Path, engines_dir=None, domain: Path | None = None) -> list[tuple[str, bool, str]]:
+def verify_bundle(path: str | Path, engines_dir=None, domain: Path | None = None) -> list[tuple[str, bool, str]]:
     from segvlad_edge.runtime.localizer import Localizer
 
     results = []
@@ -46,7 +46,7 @@ def main(path: str | Path, engines_dir=None, domain: Path | None = None) -> list
     if loc is None:
         loc = Localizer(bundle, None)
     counts = bundle.arrays["segments_per_image"]
-    offsets = np.concatenate([[0], np.cumsum(counts)])
+    offsets = bundle.segment_offsets
     sample = [i for i in np.unique(np.linspace(0, n_img - 1, min(SELF_CHECKS, n_img)).astype(int)) if counts[i]]
     found = sum(int(i) in loc.rank_descriptors(desc[offsets[i]:offsets[i + 1]], top=1).images[:1] for i in sample)
     ok = not sample or found >= 0.8 * len(sample)

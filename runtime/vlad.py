@@ -48,10 +48,6 @@ class VladAggregator:
     def __init__(self, vocab: Vocabulary):
         self.vocab = vocab
 
-    @property
-    def dim(self) -> int:
-        return self.vocab.centers.size
-
     def __call__(self, features: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """``features [P, D] float32``, ``masks [S, P] bool`` -> ``[S, K*D] float32`` VLAD rows."""
         k, d = self.vocab.centers.shape

@@ -22,7 +22,7 @@ def engines_dir(tmp_path_factory) -> Path:
     from segvlad_edge.export import build_engines
 
     out = tmp_path_factory.mktemp("engines")
-    build_engines.main({"sizes": [(224, 168)]}, out)
+    build_engines.build_engines({"sizes": [(224, 168)]}, out)
     return out
 
 
@@ -41,7 +41,7 @@ def corridor_bundle(datasets, engines_dir, tmp_path_factory, make_pipeline):
 
     ref = datasets / "corridor" / "ref"
     out = tmp_path_factory.mktemp("corridor") / "corridor.segmap"
-    mapping.main([(p.name, p) for p in list_images(ref)], out, make_pipeline(engines_dir), progress=False,
+    mapping.build_map([(p.name, p) for p in list_images(ref)], out, make_pipeline(engines_dir), progress=False,
                  fit="map", images_root=str(ref))
     return out
 

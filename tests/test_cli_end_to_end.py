@@ -101,7 +101,7 @@ def test_user_errors_are_one_line(tmp_path, datasets, engines_dir, corridor_map)
 def test_map_from_other_engine_is_refused(tmp_path, corridor_map, engines_dir):
     from segvlad_edge.export import build_engines
     other = tmp_path / "other"
-    build_engines.main({"sizes": [(224, 168)], "block": 9}, other)
+    build_engines.build_engines({"sizes": [(224, 168)], "block": 9}, other)
     r = run("localize", "--map", corridor_map, "--images", tmp_path, "--engines", other, check=False)
     assert r.returncode == 1 and "another engine" in r.stderr
 

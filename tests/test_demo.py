@@ -11,7 +11,7 @@ def test_demo_localises_changed_views(engines_dir, make_pipeline, tmp_path):
         demo.skimage_data()
     except demo.DemoError as e:
         pytest.fail(f"scikit-image images are part of the test install: {e}")
-    r = demo.main(make_pipeline(engines_dir), tmp_path, progress=False)
+    r = demo.run_demo(make_pipeline(engines_dir), tmp_path, progress=False)
     assert r["queries"] == 20 and r["recall@1"] >= 0.8 and r["recall@5"] >= r["recall@1"]
     png = cv2.imread(r["explanation"])
     assert png is not None and png.shape[0] > 100 and r["pairs"] > 0

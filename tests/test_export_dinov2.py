@@ -48,7 +48,7 @@ def test_export_parity_from_checkpoint_files(tmp_path, fmt):
     else:
         spec = str(tmp_path / "hf")
     out = tmp_path / "engines"
-    res = build_engines.main({"dinov2": spec, "sizes": [(42, 28), (56, 56)], "block": 1}, out)
+    res = build_engines.build_engines({"dinov2": spec, "sizes": [(42, 28), (56, 56)], "block": 1}, out)
     assert [s for _, s in res] == ["built", "built"]
     for m, _ in res:
         m = load_manifest(m.path)
@@ -63,7 +63,7 @@ def test_export_parity_from_checkpoint_files(tmp_path, fmt):
         net = dinov2.DenseFeatures(dinov2.build_model(dinov2.load_source(spec)), 1, "value", (w, h))
         with torch.no_grad():
             np.testing.assert_allclose(got, net(torch.from_numpy(x)).numpy(), atol=1e-4)
-    again = build_engines.main({"dinov2": spec, "sizes": [(42, 28)], "block": 1}, out)
+    again = build_engines.build_engines({"dinov2": spec, "sizes": [(42, 28)], "block": 1}, out)
     assert [s for _, s in again] == ["up to date"]
 
 

@@ -17,7 +17,7 @@ def sam_engines(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     ckpt = tmp / f"{request.param}.pth"
     torch.save(model.state_dict(), ckpt)
-    res = build_engines.main({"sizes": [(28, 28)], "sam": str(ckpt)}, tmp)
+    res = build_engines.build_engines({"sizes": [(28, 28)], "sam": str(ckpt)}, tmp)
     enc = next(m for m, _ in res if m.kind == "sam_encoder")
     dec = next(m for m, _ in res if m.kind == "sam_decoder")
     return request.param, model, load_manifest(enc.path), load_manifest(dec.path)

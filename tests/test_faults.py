@@ -68,7 +68,7 @@ def test_empty_and_one_image_maps(datasets, engines_dir, tmp_path, make_pipeline
     assert r.returncode == 1 and "could be read" in r.stderr and not (tmp_path / "e.segmap").exists()
     one = datasets / "corridor" / "ref" / "0000010.jpg"
     out = tmp_path / "one.segmap"
-    mapping.main([("only.jpg", one)], out, make_pipeline(engines_dir), progress=False, fit="map")
+    mapping.build_map([("only.jpg", one)], out, make_pipeline(engines_dir), progress=False, fit="map")
     from segvlad_edge.runtime.localizer import Localizer
     loc = Localizer.from_bundle(out, engines_dir)
     ans = loc.localize(load_image(one))
@@ -104,7 +104,7 @@ def test_verify_reports_a_broken_index(corridor_bundle, engines_dir, monkeypatch
     def lost(self, q, k, exact=False):                     # an index that returns the wrong segments
         return np.zeros((len(q), k), np.int64), np.ones((len(q), k), np.float32)
     monkeypatch.setattr(SegmentIndex, "search", lost)
-    results = {c: ok for c, ok, _ in verify.main(corridor_bundle, engines_dir)}
+    results = {c: ok for c, ok, _ in verify.verify_bundle(corridor_bundle, engines_dir)}
     assert results["file"] and results["engine"] and not results["index"]
 
 

@@ -15,7 +15,7 @@ def domain_file(datasets, engines_dir, tmp_path_factory, make_pipeline):
     tmp = tmp_path_factory.mktemp("domain")
     toy = datasets / "toy_unlabelled"
     images = [(p.relative_to(toy).as_posix(), p) for p in list_images(toy)]
-    path, size, n, skipped = fitting.main(images, make_pipeline(engines_dir), tmp / "work", [str(toy)],
+    path, size, n, skipped = fitting.build_domain(images, make_pipeline(engines_dir), tmp / "work", [str(toy)],
                                           progress=False, out=tmp / "toy.domain")
     assert n == len(images) == 22 and not skipped and path.stat().st_size == size
     return path
@@ -27,7 +27,7 @@ def corridor_images(datasets, n):
 
 def test_bundle_references_the_domain_fit(datasets, engines_dir, domain_file, tmp_path, make_pipeline):
     out = tmp_path / "m.segmap"
-    s = mapping.main(corridor_images(datasets, 20), out, make_pipeline(engines_dir), progress=False,
+    s = mapping.build_map(corridor_images(datasets, 20), out, make_pipeline(engines_dir), progress=False,
                      fit="domain", domain=domain_file)
     b = MapBundle.read(out)
     assert s.fit["source"] == b.meta["fit"]["source"] == "domain"
@@ -35,7 +35,7 @@ def test_bundle_references_the_domain_fit(datasets, engines_dir, domain_file, tm
     meta, arrays = read_arrays(domain_file, "domain fit")
     assert b.meta["fit"]["sha256"] == meta["sha256"] == fitting.models_sha256(arrays)
     # the same 20 images fitted on the map carry the models and are several times larger
-    s_map = mapping.main(corridor_images(datasets, 20), tmp_path / "own.segmap", make_pipeline(engines_dir),
+    s_map = mapping.build_map(corridor_images(datasets, 20), tmp_path / "own.segmap", make_pipeline(engines_dir),
                          progress=False, fit="map")
     assert s_map.fit["source"] == "map" and s_map.bytes > 3 * s.bytes
     loc = Localizer.from_bundle(out, engines_dir, domain=domain_file)
@@ -54,7 +54,7 @@ def test_domain_fit_is_found_beside_the_engine_and_verified(datasets, engines_di
         fitting.resolve_fit(pipe, "domain")
     shutil.copy(domain_file, beside)
     out = tmp_path / "m.segmap"
-    mapping.main(corridor_images(datasets, 12), out, make_pipeline(engines), progress=False)   # auto, small map
+    mapping.build_map(corridor_images(datasets, 12), out, make_pipeline(engines), progress=False)   # auto, small map
     assert MapBundle.read(out).meta["fit"]["file"] == beside.name
     Localizer.from_bundle(out, engines)
     assert fitting.resolve_fit(make_pipeline(engines), "auto", n_images=fitting.MIN_MAP_FIT_IMAGES) is None

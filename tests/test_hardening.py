@@ -287,7 +287,7 @@ def test_degenerate_models_are_refused_by_read_and_verify(tmp_path, case):
         MapBundle.read(p)
     from segvlad_edge.runtime import verify
 
-    results = verify.main(p)
+    results = verify.verify_bundle(p)
     assert results[0][0] == "file" and not results[0][1] and word in results[0][2]
 
 

@@ -17,10 +17,10 @@ def setup(datasets, engines_dir, make_pipeline, tmp_path_factory):
     files = list_images(datasets / "gardens_point_day" / "day_left")[::12][:14]
     first, extra = [(p.name, p) for p in files[:8]], [(p.name, p) for p in files[8:]]
     domain = tmp / "fit.domain"
-    fitting.main([(p.name, p) for p in list_images(datasets / "corridor" / "ref")[::10]], make_pipeline(engines_dir),
+    fitting.build_domain([(p.name, p) for p in list_images(datasets / "corridor" / "ref")[::10]], make_pipeline(engines_dir),
                  tmp / "fitwork", ["corridor"], progress=False, out=domain)
-    mapping.main(first, tmp / "first.segmap", make_pipeline(engines_dir), progress=False, fit="domain", domain=domain)
-    mapping.main(first + extra, tmp / "full.segmap", make_pipeline(engines_dir), progress=False, fit="domain",
+    mapping.build_map(first, tmp / "first.segmap", make_pipeline(engines_dir), progress=False, fit="domain", domain=domain)
+    mapping.build_map(first + extra, tmp / "full.segmap", make_pipeline(engines_dir), progress=False, fit="domain",
                  domain=domain)
     return {"tmp": tmp, "first": first, "extra": extra, "domain": domain}
 

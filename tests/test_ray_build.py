@@ -21,8 +21,8 @@ def test_ray_build_equals_local_build(datasets, engines_dir, make_pipeline, tmp_
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     images = [(p.name, p) for p in list_images(datasets / "gardens_point_day" / "day_left")[:10]]
     images.insert(4, ("broken.jpg", tmp_path / "broken.jpg"))
-    local = mapping.main(images, tmp_path / "local.segmap", make_pipeline(engines_dir), progress=False, fit="map")
-    remote = mapping.main(images, tmp_path / "ray.segmap", make_pipeline(engines_dir), progress=False, fit="map",
+    local = mapping.build_map(images, tmp_path / "local.segmap", make_pipeline(engines_dir), progress=False, fit="map")
+    remote = mapping.build_map(images, tmp_path / "ray.segmap", make_pipeline(engines_dir), progress=False, fit="map",
                           ray=RayConf(threads=2, chunk=3))
     assert remote.skipped == local.skipped and [n for n, _ in remote.skipped] == ["broken.jpg"]
     a, b = MapBundle.read(tmp_path / "local.segmap"), MapBundle.read(tmp_path / "ray.segmap")
