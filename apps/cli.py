@@ -236,17 +236,17 @@ def _image_list(folder: Path) -> list[tuple[str, Path]]:
 @user_errors
 def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order, pca_dims, threads, quiet):
     """Fit a shared vocabulary + PCA once on broad image folders (kept beside the engine)."""
-    from segvlad_edge.runtime import fitting
+    from segvlad_edge.runtime.build_domain import build_domain as fit_domain
 
     images = [(f"{d.name}/{n}", p) for d in images_dirs for n, p in _image_list(d)]
     pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
     with tempfile.TemporaryDirectory(prefix="segvlad-domain-") as work:
-        path, nbytes, n, skipped = fitting.build_domain(images, pipe, Path(work), [str(d) for d in images_dirs],
-                                                progress=not quiet, out=out)
+        path, nbytes, n, skipped, models = fit_domain(images, pipe, Path(work), [str(d) for d in images_dirs],
+                                                      progress=not quiet, out=out)
     for name, reason in skipped:
         click.echo(f"skipped {printable(name)}: {printable(reason)}", err=True)
-    click.echo(f"domain fit {path}: {n} images, vocabulary {pipe.vocab.k}, "
-               f"PCA {pipe.pca.dims if pipe.pca is not None else 'none'}, {nbytes / 2**20:.1f} MiB")
+    click.echo(f"domain fit {path}: {n} images, vocabulary {models.vocab.k}, "
+               f"PCA {models.pca.dims if models.pca is not None else 'none'}, {nbytes / 2**20:.1f} MiB")
 
 
 @cli.command("build-map")

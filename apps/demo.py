@@ -77,7 +77,7 @@ def run_demo(pipeline, out: Path, progress: bool = True) -> dict:
         write_png(qdir / qname, img)
     summary = mapping.build_map([(p, data / p) for p in PLACES], out / "map.segmap", pipeline, progress=progress,
                            images_root=str(data))
-    loc = Localizer(MapBundle.read(out / "map.segmap"), pipeline)
+    loc = Localizer(MapBundle.read(out / "map.segmap"), pipeline.with_models(summary.models))
     hits1 = hits5 = 0
     answers = []
     for qname, img, truth in queries:

@@ -55,7 +55,7 @@ def build_map(ds, feats, conf, seed, ext, verify: bool = True):
     frames = {p: pipe.segment(None, feats[p]) for p in feats}
     maps = ds.map_images
     rng = np.random.default_rng(seed)
-    fit_models(pipe, lambda: (frames[p] for p in maps), len(maps), rng)
+    pipe = pipe.with_models(fit_models(pipe.conf, lambda: (frames[p] for p in maps), len(maps), rng))
     desc = {p: pipe.describe(f) for p, f in frames.items()}
     bundle = make_bundle(pipe, [ds.name(p) for p in maps], [desc[p] for p in maps], [len(desc[p]) for p in maps],
                          [frames[p].label_map() for p in maps], {}, {"source": "map", "images": len(maps)})

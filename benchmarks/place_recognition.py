@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime import evaluate, fitting
+from segvlad_edge.runtime import evaluate
+from segvlad_edge.runtime.build_domain import build_domain
 from segvlad_edge.runtime.bundle import MapBundle
 from segvlad_edge.runtime.datasets import load_dataset
 from segvlad_edge.runtime.features import DenseFeatureExtractor
@@ -67,7 +68,7 @@ def main():
             domains = {}
             for method in {m for m, f in METHODS if f == "domain"}:
                 pipe = FramePipeline(extractor, CONFS[method])
-                domains[method], *_ = fitting.build_domain(domain_images(root, name, a.domain_images), pipe,
+                domains[method], *_ = build_domain(domain_images(root, name, a.domain_images), pipe,
                                                    Path(tmp) / f"work-{method}", [f"not {name}"], progress=False,
                                                    out=Path(tmp) / f"{method}.domain")
             for method, fit in METHODS:

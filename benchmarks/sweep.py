@@ -32,7 +32,7 @@ def recall_at_1(ds, feats, conf, extractor):
     pipe = FramePipeline(extractor, conf)
     frames = {p: pipe.segment(None, fm) for p, fm in feats.items()}
     maps = ds.map_images
-    fit_models(pipe, lambda: (frames[p] for p in maps), len(maps), np.random.default_rng(0))
+    pipe = pipe.with_models(fit_models(pipe.conf, lambda: (frames[p] for p in maps), len(maps), np.random.default_rng(0)))
     desc = {p: pipe.vlad(f) if conf.get("fp32") else pipe.describe(f) for p, f in frames.items()}
     bundle = make_bundle(pipe, [ds.name(p) for p in maps], [desc[p] for p in maps],
                          [len(desc[p]) for p in maps], [frames[p].label_map() for p in maps], {},

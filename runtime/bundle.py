@@ -1,6 +1,6 @@
 """MapBundle: one self-describing, checksummed file a user copies to a robot. No pickle.
 
-The container (also used for domain fits, ``runtime/fitting.py``) is, little-endian::
+The container (also used for domain fits, ``runtime/domain.py``) is, little-endian::
 
     magic        16 bytes  b"SEGVLAD-MAP\\r\\n\\x1a\\n\\x00"
     version       u32      FORMAT_VERSION

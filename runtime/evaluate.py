@@ -30,7 +30,7 @@ def evaluate(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: b
     bundle_path = Path(work_dir) / "map.segmap"
     summary = mapping.build_map([(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress,
                            fit=fit, domain=domain, images_root=str(Path(ds.root).resolve()))
-    loc = Localizer(MapBundle.read(bundle_path), pipe)
+    loc = Localizer(MapBundle.read(bundle_path), pipe.with_models(summary.models))
     result = score(loc, ds, progress, exact)
     n_img = max(summary.images, 1)
     result.update({"map_images": summary.images, "fit": summary.fit["source"],

@@ -17,8 +17,9 @@ import numpy as np
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.bundle import BundleError, MapBundle
 from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, RANK_DEPTH, confidence
-from segvlad_edge.runtime.fitting import load_domain, set_models
+from segvlad_edge.runtime.domain import load_domain
 from segvlad_edge.runtime.index import open_index
+from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, make_pipeline
 from segvlad_edge.runtime.position import MapPositions
 from segvlad_edge.runtime.ranking import Ranked, rank
@@ -81,15 +82,17 @@ class Localizer:
         bundle = MapBundle.read(path)
         manifest = engine_for_bundle(bundle, engines_dir, backend)
         s, fit = bundle.settings, bundle.meta["fit"]
-        pipe = make_pipeline(s, engines_dir, manifest=manifest, threads=threads, providers=providers)
         if fit["source"] == "map":
-            set_models(pipe, bundle.arrays, s.pca_dims is not None)
+            models = Models.from_arrays(bundle.arrays, s)
         else:
             where = Path(domain) if domain else manifest.engine_path.parent / fit["file"]
-            if load_domain(pipe, fit["sha256"], where) is None:
+            found = load_domain(manifest, s, fit["sha256"], where)
+            if found is None:
                 raise BundleError(f"{bundle.path}: built with the domain fit {fit['file']}, which is not in "
                                   f"{where.parent}; copy it beside the engine (or pass --domain FILE)")
-        loc = cls(bundle, pipe)
+            models = found[0]
+        loc = cls(bundle, make_pipeline(s, engines_dir, manifest=manifest, threads=threads, providers=providers,
+                                        models=models))
         loc.index.prepare()             # a bundle without a stored index builds it now, not in the first frame
         return loc
 

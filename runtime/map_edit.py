@@ -23,7 +23,7 @@ from segvlad_edge.files import check_output
 from segvlad_edge.runtime import ray_build
 from segvlad_edge.runtime.bundle import MapBundle
 from segvlad_edge.runtime.confidence import held_back_negatives
-from segvlad_edge.runtime.fitting import extract_frames, load_features
+from segvlad_edge.runtime.frame_cache import extract_frames, load_features
 from segvlad_edge.runtime.index import store_index
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.mapping import BuildSummary, MapBuildError, describe_frames
@@ -73,7 +73,7 @@ def add_images(map_path: str | os.PathLike, images: list[tuple[str, Path]], out:
         shutil.rmtree(work, ignore_errors=True)
     n = len(kept)
     return BuildSummary(len(bundle.images), len(bundle.arrays["descriptors"]), size, time.perf_counter() - t_start, skipped,
-                        {k: v / n for k, v in stage_ms.items()}, bundle.meta["fit"])
+                        {k: v / n for k, v in stage_ms.items()}, bundle.meta["fit"], loc.pipeline.models)
 
 
 def remove_images(map_path: str | os.PathLike, names: list[str], out: str | os.PathLike | None = None) -> MapBundle:

@@ -4,9 +4,11 @@
 image's features at a time plus the fitting samples and the final descriptors:
 
 1. each image -> features + base segments, written to a work folder beside the output
-   (``.<name>.work/``, one ``.npz`` per image, atomically) -- a killed build resumes here;
-2. the vocabulary and PCA: fitted on the map, or the domain fit beside the engine
-   (``fit="domain"``, or ``"auto"`` for maps under 50 images; ``runtime/fitting.py``);
+   (``.<name>.work/``, one ``.npz`` per image, atomically; ``runtime/frame_cache.py``) -- a
+   killed build resumes here;
+2. the models (vocabulary and PCA, ``runtime/models.py``): fitted on the map, or the domain fit
+   beside the engine (``fit="domain"``, or ``"auto"`` for maps under 50 images; ``runtime/fitting.py``);
+   the pipeline describes with them from here on;
 3. each image -> SuperSegment descriptors; map images localised with their place held back
    calibrate the confidence (runtime/confidence.py); the search index is built and stored in the
    bundle (runtime/index.py); the bundle is written atomically and the work folder removed.
@@ -32,10 +34,11 @@ from segvlad_edge.files import check_output
 from segvlad_edge.runtime import ray_build
 from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle, check_name
 from segvlad_edge.runtime.confidence import held_back_negatives
-from segvlad_edge.runtime.fitting import (FitError, extract_frames, fit_models, load_features, load_frame, model_arrays,
-                                         resolve_fit)
+from segvlad_edge.runtime.fitting import FitError, fit_models, resolve_fit
+from segvlad_edge.runtime.frame_cache import extract_frames, load_features, load_frame
 from segvlad_edge.runtime.index import store_index
 from segvlad_edge.runtime.localizer import Localizer
+from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.pipeline import FramePipeline
 from segvlad_edge.runtime.verification import PatchCoder
 
@@ -55,6 +58,7 @@ class BuildSummary:
     skipped: list = field(default_factory=list)     # [(name, reason)]
     stage_ms: dict = field(default_factory=dict)     # mean ms per image per stage
     fit: dict = field(default_factory=dict)          # the bundle's "fit" record
+    models: Models | None = None                     # the models the map was described with
 
 
 def build_map(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline,
@@ -79,16 +83,17 @@ def build_map(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: 
         raise MapBuildError(f"{out} is a folder; give a file name for the bundle")
     inputs = [p for _, p in images] + [p for p in (domain, *inputs) if p is not None]
     check_output(out, inputs)
-    fit_ref = resolve_fit(pipeline, fit, domain, len(images))
+    found = resolve_fit(pipeline.extractor.manifest, pipeline.conf, fit, domain, len(images))
     work = out.parent / f".{out.name}.work"
     work.mkdir(exist_ok=True)
 
     kept, skipped, stage_ms = (extract_frames(images, work, pipeline, progress) if ray is None            # 1
                                else ray_build.extract_frames(images, work, pipeline, ray, progress))
-    if fit_ref is None:                                                                        # 2
-        fit_models(pipeline, lambda: (load_frame(wf, pipeline.conf) for _, wf in kept), len(kept),
-                   np.random.default_rng(0), progress)
-        fit_ref = {"source": "map", "images": len(kept)}
+    if found is None:                                                                          # 2
+        found = (fit_models(pipeline.conf, lambda: (load_frame(wf, pipeline.conf) for _, wf in kept), len(kept),
+                            np.random.default_rng(0), progress), {"source": "map", "images": len(kept)})
+    models, fit_ref = found
+    pipeline = pipeline.with_models(models)
     descs, counts, labels, ms = (describe_frames(kept, pipeline, progress) if ray is None                 # 3
                                  else ray_build.describe_frames(kept, pipeline, ray, progress))
     stage_ms.update(ms)
@@ -103,7 +108,7 @@ def build_map(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: 
         shutil.rmtree(work, ignore_errors=True)
     n = len(kept)
     return BuildSummary(n, int(sum(counts)), size, time.perf_counter() - t_start, skipped,
-                        {k: v / n for k, v in stage_ms.items()}, fit_ref)
+                        {k: v / n for k, v in stage_ms.items()}, fit_ref, models)
 
 
 def verification_arrays(features: Callable[[], Iterable[np.ndarray]], n_images: int, conf: dict,
@@ -138,14 +143,13 @@ def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarra
                 labels: list[np.ndarray], metadata: dict[str, dict], fit_ref: dict) -> MapBundle:
     """The bundle of a map's descriptors; it holds the vocabulary/PCA only when fitted on the map."""
     conf, m = pipeline.conf, pipeline.extractor.manifest
-    dims = pipeline.pca.dims if pipeline.pca is not None else pipeline.vocab.centers.size
     arrays = {
-        "descriptors": np.concatenate(descs) if descs else np.zeros((0, dims), np.float16),
+        "descriptors": np.concatenate(descs) if descs else np.zeros((0, pipeline.models.dims), np.float16),
         "segments_per_image": np.asarray(counts, np.int32),
         "segment_labels": np.stack(labels).astype(np.uint8),
     }
     if fit_ref["source"] == "map":
-        arrays.update(model_arrays(pipeline))
+        arrays.update(pipeline.models.to_arrays())
     meta = {
         "format": "segvlad-edge map", "format_version": FORMAT_VERSION, "created_by": f"segvlad-edge {__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -15,6 +15,7 @@ none beat them on Recall@1 pooled over corridor, gardens_point_day and wxbs. ``o
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -22,11 +23,11 @@ import numpy as np
 
 from segvlad_edge.engines.manifest import EngineManifest, default_engines_dir, find_engine
 from segvlad_edge.runtime.features import DenseFeatureExtractor, FeatureMap
-from segvlad_edge.runtime.pca import Pca
+from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.segmenters import make_segmenter
 from segvlad_edge.runtime.settings import CONFS, Settings  # noqa: F401  (CONFS: the presets, importable here)
 from segvlad_edge.runtime.supersegments import SuperSegments
-from segvlad_edge.runtime.vlad import VladAggregator, Vocabulary
+from segvlad_edge.runtime.vlad import VladAggregator
 
 NO_SEGMENT = 255
 
@@ -74,17 +75,22 @@ class WholeImage:
 
 
 class FramePipeline:
-    """``segment(image) -> FrameSegments``; ``describe(frame) -> [S, d] float16`` once a
-    vocabulary (and PCA, unless ``conf.pca_dims`` is None) is set. ``conf``: Settings (a dict
-    is checked into Settings)."""
+    """``segment(image) -> FrameSegments``; ``describe(frame) -> [S, d] float16`` with the fitted
+    ``models`` (None: segmenting only, as pass 1 of a build before the models are fitted).
+    ``conf``: Settings (a dict is checked into Settings)."""
 
     def __init__(self, extractor: DenseFeatureExtractor, conf: Settings | dict, engines_dir=None,
-                 vocab: Vocabulary | None = None, pca: Pca | None = None):
-        self.extractor, self.conf = extractor, Settings.of(conf)
+                 models: Models | None = None):
+        self.extractor, self.conf, self.models = extractor, Settings.of(conf), models
         name = self.conf.segmenter
         self.segmenter = WholeImage() if name == "whole" else make_segmenter(name, dict(self.conf.segmenter_conf),
                                                                              engines_dir)
-        self.vocab, self.pca = vocab, pca
+
+    def with_models(self, models: Models) -> "FramePipeline":
+        """This pipeline (same engine session and segmenter) describing with ``models``."""
+        pipe = copy.copy(self)
+        pipe.models = models
+        return pipe
 
     def segment(self, image_bgr: np.ndarray | None, fmap: FeatureMap | None = None) -> FrameSegments:
         """Features (unless ``fmap`` is given, e.g. cached), segments and SuperSegments of one frame."""
@@ -102,13 +108,15 @@ class FramePipeline:
     def vlad(self, frame: FrameSegments) -> np.ndarray:
         """``[S, K*D] float32`` VLAD of each SuperSegment."""
         t0 = time.perf_counter()
-        v = VladAggregator(self.vocab)(frame.fmap.features, frame.supersegments.masks)
+        v = VladAggregator(self.models.vocab)(frame.fmap.features, frame.supersegments.masks)
         frame.ms["vlad"] = 1e3 * (time.perf_counter() - t0)
         return v
 
     def project(self, vlad: np.ndarray, frame: FrameSegments | None = None) -> np.ndarray:
+        """``[S, K*D] float32`` VLADs -> ``[S, d] float16`` descriptors (PCA where the models have one)."""
         t0 = time.perf_counter()
-        out = self.pca(vlad) if self.pca is not None else vlad.astype(np.float16)
+        pca = self.models.pca
+        out = pca(vlad) if pca is not None else vlad.astype(np.float16)
         if frame is not None:
             frame.ms["pca"] = 1e3 * (time.perf_counter() - t0)
         return out
@@ -119,11 +127,13 @@ class FramePipeline:
 
 def make_pipeline(settings: Settings | dict, engines_dir=None, size: tuple[int, int] | None = None,
                   threads: int | None = None, extractor: DenseFeatureExtractor | None = None,
-                  manifest: EngineManifest | None = None, providers=("cpu",)) -> FramePipeline:
-    """The one way to assemble a pipeline: ``settings`` on a DINOv2 engine session, which is
-    ``extractor`` (already open), else opened on ``manifest``, else on the engine of ``size``
-    ([w, h], None: any) in ``engines_dir`` (default: where build-engines puts them)."""
+                  manifest: EngineManifest | None = None, providers=("cpu",),
+                  models: Models | None = None) -> FramePipeline:
+    """The one way to assemble a pipeline: ``settings`` and the fitted ``models`` (None: not fitted
+    yet) on a DINOv2 engine session, which is ``extractor`` (already open), else opened on
+    ``manifest``, else on the engine of ``size`` ([w, h], None: any) in ``engines_dir`` (default:
+    where build-engines puts them)."""
     if extractor is None:
         manifest = manifest or find_engine(engines_dir or default_engines_dir(), "dinov2", size)
         extractor = DenseFeatureExtractor(manifest, providers=providers, threads=threads)
-    return FramePipeline(extractor, settings, engines_dir)
+    return FramePipeline(extractor, settings, engines_dir, models)

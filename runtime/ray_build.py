@@ -26,8 +26,10 @@ import numpy as np
 from tqdm import tqdm
 
 from segvlad_edge.runtime.features import FeatureMap
-from segvlad_edge.runtime.fitting import FitError, _reusable, _save_frame, _work_file, frame_key, load_frame, set_models
+from segvlad_edge.runtime.fitting import FitError
+from segvlad_edge.runtime.frame_cache import frame_key, load_frame, reusable, save_frame, work_file
 from segvlad_edge.runtime.images import ImageError, decode_image, read_image_bytes
+from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
 
 _PIPELINES: dict[str, FramePipeline] = {}          # per Ray worker process: engine sessions are reused
@@ -90,10 +92,11 @@ def _segment_chunk(key: str, items: list[tuple[str, str, bytes]]) -> list[tuple]
     return out
 
 
-def _describe_chunk(key: str, models: dict, with_pca: bool, items: list[bytes]) -> list[tuple]:
-    """Pass 3 on a worker: work-file bytes -> ``[(descriptors [S, d] float16, labels [P] uint8, ms)]``."""
-    pipe = _worker_pipeline(key)
-    set_models(pipe, models, with_pca)
+def _describe_chunk(key: str, models: Models, items: list[bytes]) -> list[tuple]:
+    """Pass 3 on a worker: work-file bytes -> ``[(descriptors [S, d] float16, labels [P] uint8, ms)]``
+    with the driver's ``models`` exactly as it projects with them (float32 PCA, where the bundle
+    stores float16)."""
+    pipe = _worker_pipeline(key).with_models(models)
     out = []
     for data in items:
         frame = load_frame(io.BytesIO(data), pipe.conf)
@@ -127,16 +130,6 @@ def _stream(ray, fn, chunks: list, args: tuple, progress: bool, desc: str, total
             bar.update(n)
 
 
-def _models(pipeline: FramePipeline) -> dict[str, np.ndarray]:
-    """The driver's fitted vocabulary/PCA exactly as it projects with them (float32 PCA, where the
-    bundle stores float16)."""
-    arrays = {"vocab_centers": pipeline.vocab.centers}
-    if pipeline.pca is not None:
-        p = pipeline.pca
-        arrays.update(pca_mean=p.mean, pca_components=p.components, pca_scale=p.scale)
-    return arrays
-
-
 def _key(pipeline: FramePipeline, conf: RayConf) -> str:
     return json.dumps({"manifest": str(pipeline.extractor.manifest.path), "conf": pipeline.conf.to_json(),
                        "threads": conf.threads}, sort_keys=True)
@@ -144,7 +137,7 @@ def _key(pipeline: FramePipeline, conf: RayConf) -> str:
 
 def extract_frames(images: list[tuple[str, Path]], work: Path, pipeline: FramePipeline, conf: RayConf,
                    progress: bool = True):
-    """Pass 1 on Ray; same contract as ``fitting.extract_frames`` (work files, kept, skipped, stage_ms)."""
+    """Pass 1 on Ray; same contract as ``frame_cache.extract_frames`` (work files, kept, skipped, stage_ms)."""
     ray = _init(conf)
     work.mkdir(parents=True, exist_ok=True)
     todo, skipped, stage_ms, files, key = [], {}, {}, {}, frame_key(pipeline)
@@ -154,8 +147,8 @@ def extract_frames(images: list[tuple[str, Path]], work: Path, pipeline: FramePi
         except ImageError as e:
             skipped[name] = str(e)
             continue
-        files[name] = _work_file(work, data, key)
-        if not _reusable(files[name]):
+        files[name] = work_file(work, data, key)
+        if not reusable(files[name]):
             todo.append((name, Path(path).name, data))
     chunks = [todo[i:i + conf.chunk] for i in range(0, len(todo), conf.chunk)]
     for _, result in _stream(ray, _segment_chunk, chunks, (ray.put(_key(pipeline, conf)),), progress,
@@ -165,7 +158,7 @@ def extract_frames(images: list[tuple[str, Path]], work: Path, pipeline: FramePi
                 skipped[name] = info
                 continue
             feats, masks, grid = data
-            _save_frame(files[name], FrameSegments(FeatureMap(feats, tuple(grid)), masks, None))
+            save_frame(files[name], FrameSegments(FeatureMap(feats, tuple(grid)), masks, None))
             for k, v in info.items():
                 stage_ms[k] = stage_ms.get(k, 0.0) + v
     kept = [(n, files[n]) for n, _ in images if n not in skipped]
@@ -179,7 +172,7 @@ def describe_frames(kept: list[tuple[str, Path]], pipeline: FramePipeline, conf:
     in the order of ``kept``."""
     ray = _init(conf)
     chunks = [kept[i:i + conf.chunk] for i in range(0, len(kept), conf.chunk)]
-    args = (ray.put(_key(pipeline, conf)), ray.put(_models(pipeline)), pipeline.pca is not None)
+    args = (ray.put(_key(pipeline, conf)), ray.put(pipeline.models))
     results = [None] * len(chunks)
     for i, result in _stream(ray, _describe_chunk, [[wf.read_bytes() for _, wf in c] for c in chunks], args,
                              progress, "descriptors (ray)", len(kept)):

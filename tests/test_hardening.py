@@ -112,7 +112,7 @@ def test_build_map_refuses_to_overwrite_an_input_image_before_any_work(engines_d
 
 # ------------------------------------------------------------------ 2. stale resume
 def test_work_files_are_keyed_by_content_and_truncated_ones_redone(engines_dir, tmp_path, make_pipeline):
-    from segvlad_edge.runtime.fitting import extract_frames, load_frame
+    from segvlad_edge.runtime.frame_cache import extract_frames, load_frame
 
     pipe = make_pipeline(engines_dir)
     a, b = small_images(tmp_path / "a"), small_images(tmp_path / "bb")     # same names, other pixels

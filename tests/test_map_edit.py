@@ -10,14 +10,15 @@ import pytest
 @pytest.fixture(scope="module")
 def setup(datasets, engines_dir, make_pipeline, tmp_path_factory):
     """A domain fit, a map of 8 images, 6 more images, and the full 14-image map built at once."""
-    from segvlad_edge.runtime import fitting, mapping
+    from segvlad_edge.runtime import mapping
+    from segvlad_edge.runtime.build_domain import build_domain
     from segvlad_edge.runtime.images import list_images
 
     tmp = tmp_path_factory.mktemp("edit")
     files = list_images(datasets / "gardens_point_day" / "day_left")[::12][:14]
     first, extra = [(p.name, p) for p in files[:8]], [(p.name, p) for p in files[8:]]
     domain = tmp / "fit.domain"
-    fitting.build_domain([(p.name, p) for p in list_images(datasets / "corridor" / "ref")[::10]], make_pipeline(engines_dir),
+    build_domain([(p.name, p) for p in list_images(datasets / "corridor" / "ref")[::10]], make_pipeline(engines_dir),
                  tmp / "fitwork", ["corridor"], progress=False, out=domain)
     mapping.build_map(first, tmp / "first.segmap", make_pipeline(engines_dir), progress=False, fit="domain", domain=domain)
     mapping.build_map(first + extra, tmp / "full.segmap", make_pipeline(engines_dir), progress=False, fit="domain",
