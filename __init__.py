@@ -12,6 +12,6 @@ def __getattr__(name: str):
         from segvlad_edge.runtime.localizer import Localizer
         return Localizer
     if name == "MapBundle":
-        from segvlad_edge.runtime.bundle import MapBundle
+        from segvlad_edge.runtime.mapfiles.bundle import MapBundle
         return MapBundle
     raise AttributeError(f"module 'segvlad_edge' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 A spec checks one value and returns it (converted where that is lossless, e.g. a JSON list to
 a tuple); a failure raises :class:`SchemaError` naming the field path, e.g. ``settings.order:
 1000000000 is above 8``. Typed settings (``runtime/settings.py``), map-bundle headers
-(``runtime/bundle.py``) and engine manifests (``engines/manifest.py``) are all checked with
+(``runtime/mapfiles/bundle.py``) and engine manifests (``engines/manifest.py``) are all checked with
 these specs; a frozen dataclass whose fields carry a spec in ``metadata["spec"]`` (see
 :func:`setting`) is parsed with :func:`parse`.
 """

@@ -217,9 +217,9 @@ def fit_options(fn):
 
 def _image_list(folder: Path) -> list[tuple[str, Path]]:
     """``[(name, path)]`` of a folder's images; every name is checked before any work."""
-    from segvlad_edge.runtime.bundle import check_name
+    from segvlad_edge.runtime.mapfiles.bundle import check_name
     from segvlad_edge.runtime.fitting import FitError
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.inputs.images import list_images
 
     files = list_images(folder)
     if not files:
@@ -270,7 +270,8 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
 def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
               metadata_csv, keep_work, quiet, as_json, ray_address):
     """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata), or add them to one."""
-    from segvlad_edge.runtime import mapping, metadata
+    from segvlad_edge.runtime import mapping
+    from segvlad_edge.runtime.mapfiles import metadata
 
     if out is None and add_to is None:
         raise click.UsageError("give the bundle to write (-o/--out), or --add MAP")
@@ -359,8 +360,8 @@ def localize(map_path, images_dir, video, camera, top, out_targets, max_fps, eve
 
     from segvlad_edge.apps import stream
     from segvlad_edge.apps.sinks import open_sinks
-    from segvlad_edge.runtime.images import list_images
-    from segvlad_edge.runtime.sources import check_choice, open_source
+    from segvlad_edge.runtime.inputs.images import list_images
+    from segvlad_edge.runtime.inputs.sources import check_choice, open_source
 
     check_choice(camera, video, images_dir)
     loc = _open_localizer(map_path, engines_dir, domain, device, threads)
@@ -435,7 +436,7 @@ def explain(query, map_path, out, top, map_images, engines_dir, domain):
     """Write a PNG: the query beside its best map images, matched segments in the same colour."""
     from segvlad_edge.apps.explain import save_explanation
     from segvlad_edge.files import check_output
-    from segvlad_edge.runtime.images import load_image
+    from segvlad_edge.runtime.inputs.images import load_image
     from segvlad_edge.runtime.localizer import Localizer
 
     out = check_output(out or Path(f"{query.stem}.explain.png"), (query, map_path))     # before any work
@@ -470,7 +471,7 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
     """Recall@1/5/10 of one or more methods (--method repeated) on a dataset with ground truth,
     or of an existing map bundle (--map MAP QUERY_DIR...)."""
     from segvlad_edge.runtime import evaluate
-    from segvlad_edge.runtime.datasets import load_dataset
+    from segvlad_edge.runtime.inputs.datasets import load_dataset
 
     if map_path is not None:
         _eval_map(map_path, dataset_dir, metadata_csv, engines_dir, domain, threads, exact, as_json, quiet)
@@ -503,8 +504,9 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
 
 def _eval_map(map_path, query_dirs, metadata_csv, engines_dir, domain, threads, exact, as_json, quiet):
     """``eval --map``: an existing bundle scored on query folders with positions (25 m radius)."""
-    from segvlad_edge.runtime import evaluate, metadata
-    from segvlad_edge.runtime.datasets import from_positions
+    from segvlad_edge.runtime import evaluate
+    from segvlad_edge.runtime.mapfiles import metadata
+    from segvlad_edge.runtime.inputs.datasets import from_positions
     from segvlad_edge.runtime.localizer import Localizer
 
     loc = Localizer.from_bundle(map_path, engines_dir, threads=threads, domain=domain)
@@ -532,7 +534,7 @@ def inspect_cmd(map_path):
     """Print what a map bundle holds."""
     import numpy as np
 
-    from segvlad_edge.runtime.bundle import MapBundle
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 
     b = MapBundle.read(map_path)
     m = b.meta
@@ -567,7 +569,7 @@ def _metadata_summary(images: list[dict]) -> str:
     """``metadata: N of M images (gps a, pose b, ...); positions: ...`` for inspect."""
     from collections import Counter
 
-    from segvlad_edge.runtime.position import MapPositions
+    from segvlad_edge.runtime.steps.position import MapPositions
 
     keys = Counter(k for img in images for k in (img.get("meta") or {}))
     carrying = sum(bool(img.get("meta")) for img in images)

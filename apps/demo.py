@@ -18,7 +18,7 @@ import numpy as np
 
 from segvlad_edge.errors import SegvladError
 from segvlad_edge.runtime import mapping
-from segvlad_edge.runtime.images import load_image
+from segvlad_edge.runtime.inputs.images import load_image
 
 PLACES = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg",
           "coins.png", "clock_motion.png", "brick.png", "retina.jpg")
@@ -60,7 +60,7 @@ def lighting_change(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def run_demo(pipeline, out: Path, progress: bool = True) -> dict:
     """Build the demo map in ``out``, localise the queries, write ``out/explain.png``."""
     from segvlad_edge.apps.explain import save_explanation, write_png
-    from segvlad_edge.runtime.bundle import MapBundle
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
     from segvlad_edge.runtime.localizer import Localizer
 
     data = skimage_data()

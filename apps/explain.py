@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from segvlad_edge.files import write_bytes
-from segvlad_edge.runtime.images import ImageError, load_image
+from segvlad_edge.runtime.inputs.images import ImageError, load_image
 
 PANEL_H = 300
 TITLE_H = 28

@@ -14,7 +14,7 @@ import numpy as np
 
 from segvlad_edge.apps.explain import write_png
 from segvlad_edge.files import atomic_write
-from segvlad_edge.runtime.images import ImageError, load_image
+from segvlad_edge.runtime.inputs.images import ImageError, load_image
 
 COLOURS = [(200, 90, 30), (40, 160, 40), (30, 30, 210), (160, 40, 160)]     # BGR per method
 FONT = cv2.FONT_HERSHEY_SIMPLEX

@@ -4,7 +4,7 @@
 sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)::
 
     {"schema": "segvlad-edge/localize/1", "map": {"file": str, "sha256": str (12 hex)},
-     "query": str, "frame": int, "timestamp": float (unix s, capture time: runtime/sources.py),
+     "query": str, "frame": int, "timestamp": float (unix s, capture time: runtime/inputs/sources.py),
      "top": [{"name": str, "score": float, "meta"?: {...}}], "match": str | null,
      "confidence": float, "similarity": float, "segments": int,
      "position": {"lat", "lon"[, "alt"], "sigma_m"} | {"x", "y", "z", "sigma_m"} | null,
@@ -14,7 +14,7 @@ sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)
 
 ``match`` is null for "no confident match" (confidence below the map's threshold, a blank
 frame, a frame without segments, or an undecodable frame, which also has ``error``); so is
-``position`` (runtime/position.py), which is also null when the map has no positions.
+``position`` (runtime/steps/position.py), which is also null when the map has no positions.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.apps.explain import save_explanation
-from segvlad_edge.runtime.position import CANDIDATES
-from segvlad_edge.runtime.temporal import SequenceFilter
+from segvlad_edge.runtime.steps.position import CANDIDATES
+from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
 SCHEMA = "segvlad-edge/localize/1"
 CONF = {"top": 5, "max_fps": 0.0, "filter": False, "save_vis": None}

@@ -8,7 +8,7 @@ and engine). For each labelled set, variant and seed (the seed draws the patches
 SuperSegments the vocabulary and PCA are fitted on) the map is built in memory with the
 product's own code (pipeline, fitting, make_bundle, Localizer, exact search) and every query
 is ranked; ``+v`` rows re-rank the top ``--verify`` map images by verified inliers
-(runtime/verification.py). Printed per set and pooled: Recall@1/5 (mean over seeds) with a
+(runtime/steps/verification.py). Printed per set and pooled: Recall@1/5 (mean over seeds) with a
 bootstrap 95% interval over queries, the spread over seeds, segments and bytes per image, and
 the paired per-query difference in Recall@1 to ``global`` (no verification) with its bootstrap
 95% interval.
@@ -29,8 +29,8 @@ import numpy as np
 
 from benchmarks.featcache import DEFAULT_CACHE, cached_features
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime.datasets import load_dataset
-from segvlad_edge.runtime.features import DenseFeatureExtractor
+from segvlad_edge.runtime.inputs.datasets import load_dataset
+from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.fitting import fit_models
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.mapping import make_bundle, verification_arrays

@@ -32,10 +32,10 @@ import numpy as np
 from benchmarks.compare import build_map
 from benchmarks.featcache import DEFAULT_CACHE, cached_features
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, RANK_DEPTH, WINDOW, held_back_negatives
-from segvlad_edge.runtime.datasets import load_dataset
-from segvlad_edge.runtime.features import DenseFeatureExtractor
-from segvlad_edge.runtime.images import list_images
+from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RANK_DEPTH, WINDOW, held_back_negatives
+from segvlad_edge.runtime.inputs.datasets import load_dataset
+from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
+from segvlad_edge.runtime.inputs.images import list_images
 from segvlad_edge.runtime.pipeline import CONFS
 
 SETS = ("corridor", "gardens_point_day", "wxbs")

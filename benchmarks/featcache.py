@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime.features import DenseFeatureExtractor, FeatureMap
-from segvlad_edge.runtime.images import list_images, load_image
+from segvlad_edge.runtime.steps.features import DenseFeatureExtractor, FeatureMap
+from segvlad_edge.runtime.inputs.images import list_images, load_image
 
 DEFAULT_CACHE = Path(os.environ.get("SEGVLAD_FEATURE_CACHE", "/work/cache/features"))
 

@@ -25,11 +25,11 @@ import numpy as np
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime import evaluate
 from segvlad_edge.runtime.build_domain import build_domain
-from segvlad_edge.runtime.bundle import MapBundle
-from segvlad_edge.runtime.datasets import load_dataset
-from segvlad_edge.runtime.features import DenseFeatureExtractor
-from segvlad_edge.runtime.images import list_images
-from segvlad_edge.runtime.index import SegmentIndex
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+from segvlad_edge.runtime.inputs.datasets import load_dataset
+from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
+from segvlad_edge.runtime.inputs.images import list_images
+from segvlad_edge.runtime.steps.index import SegmentIndex
 from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
 
 SETS = ("gardens_point_day", "corridor", "wxbs")

@@ -24,12 +24,13 @@ import numpy as np
 
 from segvlad_edge.apps.stream import filtered_position
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime import mapping, position
-from segvlad_edge.runtime.features import DenseFeatureExtractor
-from segvlad_edge.runtime.images import list_images, load_image
+from segvlad_edge.runtime import mapping
+from segvlad_edge.runtime.steps import position
+from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
+from segvlad_edge.runtime.inputs.images import list_images, load_image
 from segvlad_edge.runtime.localizer import RANK_DEPTH, Localizer
 from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
-from segvlad_edge.runtime.temporal import SequenceFilter
+from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
 SETS = {"corridor": ("ref", "query"), "gardens_point_day": ("day_left", "day_right")}
 KEEP = RANK_DEPTH                           # ranked images cached per query: the whole ranking

@@ -20,9 +20,9 @@ import numpy as np
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime import mapping
-from segvlad_edge.runtime.bundle import MapBundle
-from segvlad_edge.runtime.features import DenseFeatureExtractor
-from segvlad_edge.runtime.images import list_images
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
+from segvlad_edge.runtime.inputs.images import list_images
 from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
 from segvlad_edge.runtime.ray_build import RayConf
 

@@ -51,8 +51,8 @@ def real_map(work: Path, threads: int) -> Path:
         return out
     from segvlad_edge.engines.manifest import default_engines_dir, find_engine
     from segvlad_edge.runtime import mapping
-    from segvlad_edge.runtime.features import DenseFeatureExtractor
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
+    from segvlad_edge.runtime.inputs.images import list_images
     from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
 
     pipe = FramePipeline(DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=threads),
@@ -65,7 +65,7 @@ def real_map(work: Path, threads: int) -> Path:
 
 def synthetic_bundle(real, n_images: int, rng: np.random.Generator):
     """The real map extended to ``n_images`` with synthetic images (see the module docstring)."""
-    from segvlad_edge.runtime.bundle import MapBundle
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 
     a = real.arrays
     counts_r, desc_r = a["segments_per_image"], np.asarray(a["descriptors"], np.float32)
@@ -98,8 +98,8 @@ def synthetic_bundle(real, n_images: int, rng: np.random.Generator):
 
 
 def make_maps(work: Path, sizes: list[int], threads: int) -> list[dict]:
-    from segvlad_edge.runtime.bundle import MapBundle
-    from segvlad_edge.runtime.index import choose_kind, store_index
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.steps.index import choose_kind, store_index
 
     real = MapBundle.read(real_map(work, threads))
     rows = []
@@ -129,9 +129,9 @@ def make_maps(work: Path, sizes: list[int], threads: int) -> list[dict]:
 
 def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
     """In a fresh process: start-up to the first answer, peak RSS, search+rank ms, recall."""
-    from segvlad_edge.runtime.images import load_image
+    from segvlad_edge.runtime.inputs.images import load_image
     from segvlad_edge.runtime.localizer import RANK_DEPTH, Localizer
-    from segvlad_edge.runtime.ranking import rank
+    from segvlad_edge.runtime.steps.ranking import rank
 
     t_imported, cpu0 = time.perf_counter(), time.process_time()
     loc = Localizer.from_bundle(bundle_path, threads=threads)
@@ -175,7 +175,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.inputs.images import list_images
 
     queries = [str(p) for d in QUERY_DIRS for p in list_images(SHARED / d)]
     queries = [queries[i] for i in np.linspace(0, len(queries) - 1, QUERIES).astype(int)]

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime.datasets import load_dataset
-from segvlad_edge.runtime.features import DenseFeatureExtractor
-from segvlad_edge.runtime.images import load_image
+from segvlad_edge.runtime.inputs.datasets import load_dataset
+from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
+from segvlad_edge.runtime.inputs.images import load_image
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.fitting import fit_models
 from segvlad_edge.runtime.mapping import make_bundle

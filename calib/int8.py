@@ -13,8 +13,8 @@ import numpy as np
 from segvlad_edge.engines.manifest import EngineError, EngineManifest
 from segvlad_edge.files import write_bytes
 from segvlad_edge.runtime.backends import require_tensorrt
-from segvlad_edge.runtime.features import normalise
-from segvlad_edge.runtime.images import ImageError, list_images, load_image
+from segvlad_edge.runtime.steps.features import normalise
+from segvlad_edge.runtime.inputs.images import ImageError, list_images, load_image
 
 MAX_IMAGES = 500
 

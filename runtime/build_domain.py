@@ -1,5 +1,5 @@
 """Step ``build-domain``: fit the vocabulary/PCA once on a broad image set and write the domain
-file (``runtime/domain.py``) that small maps then reference."""
+file (``runtime/mapfiles/domain.py``) that small maps then reference."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.files import check_output
-from segvlad_edge.runtime.domain import save_domain
+from segvlad_edge.runtime.mapfiles.domain import save_domain
 from segvlad_edge.runtime.fitting import FitError, fit_models
 from segvlad_edge.runtime.frame_cache import extract_frames, load_frame
 from segvlad_edge.runtime.models import Models

@@ -14,12 +14,12 @@ import numpy as np
 from tqdm import tqdm
 
 from segvlad_edge.runtime import mapping
-from segvlad_edge.runtime.bundle import MapBundle
-from segvlad_edge.runtime.datasets import Dataset
-from segvlad_edge.runtime.images import ImageError, load_image
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+from segvlad_edge.runtime.inputs.datasets import Dataset
+from segvlad_edge.runtime.inputs.images import ImageError, load_image
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.pipeline import FramePipeline
-from segvlad_edge.runtime.temporal import SequenceFilter
+from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
 RECALL_AT = (1, 5, 10)
 

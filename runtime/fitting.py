@@ -1,4 +1,4 @@
-"""Vocabulary and PCA: fitted on the map itself, or taken from a domain fit (``runtime/domain.py``).
+"""Vocabulary and PCA: fitted on the map itself, or taken from a domain fit (``runtime/mapfiles/domain.py``).
 
 ``resolve_fit`` decides per build: ``auto`` fits on the map when it has at least
 ``MIN_MAP_FIT_IMAGES`` images (measured: a map-fitted vocabulary/PCA beats a domain fit from
@@ -16,12 +16,12 @@ from tqdm import tqdm
 
 from segvlad_edge.engines.manifest import EngineManifest
 from segvlad_edge.errors import SegvladError
-from segvlad_edge.runtime.domain import domain_path, load_domain
+from segvlad_edge.runtime.mapfiles.domain import domain_path, load_domain
 from segvlad_edge.runtime.models import Models
-from segvlad_edge.runtime.pca import Pca
+from segvlad_edge.runtime.steps.pca import Pca
 from segvlad_edge.runtime.pipeline import FrameSegments
 from segvlad_edge.runtime.settings import Settings
-from segvlad_edge.runtime.vlad import VladAggregator, Vocabulary
+from segvlad_edge.runtime.steps.vlad import VladAggregator, Vocabulary
 
 FIT_CHOICES = ("auto", "map", "domain")
 MIN_MAP_FIT_IMAGES = 50

@@ -13,9 +13,9 @@ import numpy as np
 from tqdm import tqdm
 
 from segvlad_edge.files import atomic_write
-from segvlad_edge.runtime.features import FeatureMap
+from segvlad_edge.runtime.steps.features import FeatureMap
 from segvlad_edge.runtime.fitting import FitError
-from segvlad_edge.runtime.images import ImageError, decode_image, read_image_bytes
+from segvlad_edge.runtime.inputs.images import ImageError, decode_image, read_image_bytes
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, grow
 
 def frame_key(pipeline: FramePipeline) -> bytes:

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime.bundle import BundleError, MapBundle
-from segvlad_edge.runtime.confidence import NO_MATCH_BELOW, RANK_DEPTH, confidence
-from segvlad_edge.runtime.domain import load_domain
-from segvlad_edge.runtime.index import open_index
+from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RANK_DEPTH, confidence
+from segvlad_edge.runtime.mapfiles.domain import load_domain
+from segvlad_edge.runtime.steps.index import open_index
 from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, make_pipeline
-from segvlad_edge.runtime.position import MapPositions
-from segvlad_edge.runtime.ranking import Ranked, rank
-from segvlad_edge.runtime.verification import PatchCoder, rerank_by_inliers, verify_shortlist
+from segvlad_edge.runtime.steps.position import MapPositions
+from segvlad_edge.runtime.steps.ranking import Ranked, rank
+from segvlad_edge.runtime.steps.verification import PatchCoder, rerank_by_inliers, verify_shortlist
 
 BLANK_STD = 2.0                 # grey levels: a frame flatter than this carries no place information
 
@@ -32,10 +32,10 @@ BLANK_STD = 2.0                 # grey levels: a frame flatter than this carries
 class Answer:
     """``top``: [{"name", "score", "index", "inliers"?, "meta"?}] best first; ``pairs``: matched
     (query_seg, map_seg, sim) per top image; ``ms``: per-stage milliseconds; ``confidence`` in
-    [0, 1] (runtime/confidence.py); ``match``: ``top[0]`` when confident, else None ("no
+    [0, 1] (runtime/steps/confidence.py); ``match``: ``top[0]`` when confident, else None ("no
     confident match"); ``similarity``: mean best-hit similarity of the frame's segments;
     ``ranked``: the full ranking (for the temporal filter); ``position``: the estimate from the
-    agreeing top matches (runtime/position.py), None without a confident match or map positions."""
+    agreeing top matches (runtime/steps/position.py), None without a confident match or map positions."""
 
     top: list
     pairs: list

@@ -21,13 +21,13 @@ import numpy as np
 
 from segvlad_edge.files import check_output
 from segvlad_edge.runtime import ray_build
-from segvlad_edge.runtime.bundle import MapBundle
-from segvlad_edge.runtime.confidence import held_back_negatives
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+from segvlad_edge.runtime.steps.confidence import held_back_negatives
 from segvlad_edge.runtime.frame_cache import extract_frames, load_features
-from segvlad_edge.runtime.index import store_index
+from segvlad_edge.runtime.steps.index import store_index
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.mapping import BuildSummary, MapBuildError, describe_frames
-from segvlad_edge.runtime.verification import PatchCoder
+from segvlad_edge.runtime.steps.verification import PatchCoder
 
 
 def add_images(map_path: str | os.PathLike, images: list[tuple[str, Path]], out: str | os.PathLike | None = None,

@@ -10,8 +10,8 @@ image's features at a time plus the fitting samples and the final descriptors:
    beside the engine (``fit="domain"``, or ``"auto"`` for maps under 50 images; ``runtime/fitting.py``);
    the pipeline describes with them from here on;
 3. each image -> SuperSegment descriptors; map images localised with their place held back
-   calibrate the confidence (runtime/confidence.py); the search index is built and stored in the
-   bundle (runtime/index.py); the bundle is written atomically and the work folder removed.
+   calibrate the confidence (runtime/steps/confidence.py); the search index is built and stored in the
+   bundle (runtime/steps/index.py); the bundle is written atomically and the work folder removed.
    Unreadable images are skipped with a one-line reason.
 
 Passes 1 and 3 run as Ray tasks with ``ray=RayConf(...)`` (runtime/ray_build.py); appending to or
@@ -32,15 +32,15 @@ from tqdm import tqdm
 from segvlad_edge import __version__
 from segvlad_edge.files import check_output
 from segvlad_edge.runtime import ray_build
-from segvlad_edge.runtime.bundle import FORMAT_VERSION, MapBundle, check_name
-from segvlad_edge.runtime.confidence import held_back_negatives
+from segvlad_edge.runtime.mapfiles.bundle import FORMAT_VERSION, MapBundle, check_name
+from segvlad_edge.runtime.steps.confidence import held_back_negatives
 from segvlad_edge.runtime.fitting import FitError, fit_models, resolve_fit
 from segvlad_edge.runtime.frame_cache import extract_frames, load_features, load_frame
-from segvlad_edge.runtime.index import store_index
+from segvlad_edge.runtime.steps.index import store_index
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.pipeline import FramePipeline
-from segvlad_edge.runtime.verification import PatchCoder
+from segvlad_edge.runtime.steps.verification import PatchCoder
 
 MAX_CODER_PATCHES = 50_000
 
@@ -116,7 +116,7 @@ def verification_arrays(features: Callable[[], Iterable[np.ndarray]], n_images: 
     """``features()`` streams the ``[P, C] float32`` patch features of each map image (called
     twice) -> the bundle's spatial verification data: ``verify_mean [C]``, ``verify_components
     [d, C]`` float32 (the patch coder, fitted on at most MAX_CODER_PATCHES sampled patches) and
-    ``verify_codes [I, P, d] float16`` (runtime/verification.py)."""
+    ``verify_codes [I, P, d] float16`` (runtime/steps/verification.py)."""
     per_image = max(1, MAX_CODER_PATCHES // max(n_images, 1))
     sample = np.concatenate([f[rng.choice(len(f), min(per_image, len(f)), replace=False)] for f in features()])
     coder = PatchCoder.fit(sample, min(int(conf["verify_dims"]), sample.shape[1] - 1))

@@ -1,7 +1,7 @@
 """The fitted models of a pipeline: the k-means vocabulary and the optional PCA, as one value.
 
 Fitted on the map (``runtime/fitting.py``) or read from a bundle or a domain file
-(``runtime/domain.py``); ``to_arrays`` / ``from_arrays`` are the arrays those files store, and
+(``runtime/mapfiles/domain.py``); ``to_arrays`` / ``from_arrays`` are the arrays those files store, and
 ``sha256`` is what a bundle records of the domain fit it was built with.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segvlad_edge.runtime.pca import Pca
+from segvlad_edge.runtime.steps.pca import Pca
 from segvlad_edge.runtime.settings import Settings
-from segvlad_edge.runtime.vlad import Vocabulary
+from segvlad_edge.runtime.steps.vlad import Vocabulary
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:

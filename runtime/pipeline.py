@@ -10,8 +10,8 @@ defaults (featclust segments, o = 3, PCA 256 unwhitened) were chosen by ``benchm
 re-checked against denser segments (featclust at 12-32 clusters or 8 + 32 at once, an 8x8 grid,
 o = 1-2), top-K', voting and PCA size by ``benchmarks/compare.py`` (``benchmarks/compare_segments.log``):
 none beat them on Recall@1 pooled over corridor, gardens_point_day and wxbs. ``overlap_psi``
-(None: off) drops SuperSegments overlapping a kept one (runtime/supersegments.py); the
-``verify_*`` settings set the spatial verification (runtime/verification.py).
+(None: off) drops SuperSegments overlapping a kept one (runtime/steps/supersegments.py); the
+``verify_*`` settings set the spatial verification (runtime/steps/verification.py).
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segvlad_edge.engines.manifest import EngineManifest, default_engines_dir, find_engine
-from segvlad_edge.runtime.features import DenseFeatureExtractor, FeatureMap
+from segvlad_edge.runtime.steps.features import DenseFeatureExtractor, FeatureMap
 from segvlad_edge.runtime.models import Models
-from segvlad_edge.runtime.segmenters import make_segmenter
+from segvlad_edge.runtime.steps.segmenters import make_segmenter
 from segvlad_edge.runtime.settings import CONFS, Settings  # noqa: F401  (CONFS: the presets, importable here)
-from segvlad_edge.runtime.supersegments import SuperSegments
-from segvlad_edge.runtime.vlad import VladAggregator
+from segvlad_edge.runtime.steps.supersegments import SuperSegments
+from segvlad_edge.runtime.steps.vlad import VladAggregator
 
 NO_SEGMENT = 255
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segvlad_edge.runtime.features import FeatureMap
+from segvlad_edge.runtime.steps.features import FeatureMap
 from segvlad_edge.runtime.fitting import FitError
 from segvlad_edge.runtime.frame_cache import frame_key, load_frame, reusable, save_frame, work_file
-from segvlad_edge.runtime.images import ImageError, decode_image, read_image_bytes
+from segvlad_edge.runtime.inputs.images import ImageError, decode_image, read_image_bytes
 from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
 
@@ -67,7 +67,7 @@ def _worker_pipeline(key: str) -> FramePipeline:
     """The pipeline described by ``key`` (manifest path, settings, threads), made once per worker."""
     if key not in _PIPELINES:
         from segvlad_edge.engines.manifest import load_manifest
-        from segvlad_edge.runtime.features import DenseFeatureExtractor
+        from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 
         spec = json.loads(key)
         m = load_manifest(spec["manifest"])

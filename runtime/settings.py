@@ -18,7 +18,7 @@ from typing import Any
 
 from segvlad_edge.schema import Bool, Float, Int, Json, List, Obj, OneOf, Optional, Str, check_fields, parse, setting
 
-SEGMENTER_CONFS = {     # each segmenter's overridable parameters and their bounds (runtime/segmenters/)
+SEGMENTER_CONFS = {     # each segmenter's overridable parameters and their bounds (runtime/steps/segmenters/)
     "featclust": Obj({"clusters": OneOf((Int(1, 256), List(Int(1, 256), 1, 4))), "spatial": Float(0, 100), "iters": Int(1, 100),
                       "min_patches": Int(1, 10_000), "seed": Int(0, 2**31 - 1)}, partial=True),
     "grid": Obj({"cells": List(Int(1, 256), 2, 2)}, partial=True),
@@ -43,7 +43,7 @@ class Settings:
     top_k: int = setting(50, Int(1, 1000))                # K': segments retrieved per query segment
     norm: str = setting("query", Str(("query", "none")))   # per-query similarity normalisation
     overlap_psi: float | None = setting(None, Optional(Float(0, 1)))   # drop SuperSegments overlapping a kept one
-    # spatial verification of the shortlist (runtime/verification.py): top-N map images re-ranked by
+    # spatial verification of the shortlist (runtime/steps/verification.py): top-N map images re-ranked by
     # RANSAC inliers of mutual-NN matches of PCA-coded patches; 0 turns it off
     verify_top: int = setting(10, Int(0, 100))
     verify_dims: int = setting(64, Int(2, 1024))          # dimensions of the stored patch codes

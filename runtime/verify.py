@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.errors import SegvladError
-from segvlad_edge.runtime.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
 
 SELF_CHECKS = 20
 

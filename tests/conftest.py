@@ -37,7 +37,7 @@ def dinov2_manifest(engines_dir):
 def corridor_bundle(datasets, engines_dir, tmp_path_factory, make_pipeline):
     """A map of the whole corridor ref/ set (111 images) built in-process with map-fitted models."""
     from segvlad_edge.runtime import mapping
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.inputs.images import list_images
 
     ref = datasets / "corridor" / "ref"
     out = tmp_path_factory.mktemp("corridor") / "corridor.segmap"
@@ -62,8 +62,8 @@ def make_pipeline():
 def positioned_bundle(corridor_bundle, tmp_path_factory):
     """``positioned_bundle(kind)``: the corridor map with a position per image, in its order (map image i
     at x = i metres; "gps": along a meridian from 45 N, 1 m per image, alt 100 + i; "local": pose [i, 0, 2])."""
-    from segvlad_edge.runtime.bundle import MapBundle
-    from segvlad_edge.runtime.position import EARTH_RADIUS_M
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.steps.position import EARTH_RADIUS_M
 
     import math
     made = {}

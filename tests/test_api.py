@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segvlad_edge.runtime.position import AGREE_SPACINGS
+from segvlad_edge.runtime.steps.position import AGREE_SPACINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segvlad_edge.runtime import bundle as B
-from segvlad_edge.runtime.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.mapfiles import bundle as B
+from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
 from segvlad_edge.runtime.settings import Settings
 
 

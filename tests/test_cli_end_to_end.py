@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from segvlad_edge.runtime.bundle import MapBundle
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 
 
 def run(*args, check=True):
@@ -53,7 +53,7 @@ def test_eval_an_existing_map_with_positions(datasets, engines_dir, tmp_path):
     and the right of the path (gardens_point_day), 100 m apart."""
     import shutil
 
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.inputs.images import list_images
 
     (tmp_path / "map").mkdir()
     (tmp_path / "q").mkdir()

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime.confidence import confidence, held_back_negatives, match_score, place_margin
-from segvlad_edge.runtime.ranking import Ranked
-from segvlad_edge.runtime.temporal import SequenceFilter
+from segvlad_edge.runtime.steps.confidence import confidence, held_back_negatives, match_score, place_margin
+from segvlad_edge.runtime.steps.ranking import Ranked
+from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
 
 def test_place_margin_ignores_neighbouring_frames():
@@ -26,8 +26,8 @@ def test_confidence_is_the_share_of_no_match_scores_below():
 def test_held_back_calibration_and_no_match_frames(corridor_bundle, engines_dir, datasets):
     import json
 
-    from segvlad_edge.runtime.bundle import MapBundle
-    from segvlad_edge.runtime.images import list_images, load_image
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.inputs.images import list_images, load_image
     from segvlad_edge.runtime.localizer import Localizer
 
     b = MapBundle.read(corridor_bundle)
@@ -89,7 +89,7 @@ def test_temporal_filter_gets_lost_after_a_run_of_refusals_and_recovers():
 
 
 def test_verified_confidence_grows_with_inliers_and_is_the_threshold_at_the_answer_level():
-    from segvlad_edge.runtime.confidence import ANSWER_INLIERS, NO_MATCH_BELOW
+    from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS, NO_MATCH_BELOW
 
     def conf(inliers):
         r = Ranked(np.array([3, 40]), np.array([5.0, 1.0]), match_sim=0.5, inliers=np.array([inliers, 2]))

@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime.datasets import DatasetError, load_dataset, load_object_npy
+from segvlad_edge.runtime.inputs.datasets import DatasetError, load_dataset, load_object_npy
 
 
 def test_layouts_of_the_shared_sets(datasets):
@@ -42,7 +42,7 @@ def test_malicious_pickle_is_refused(tmp_path):
 def test_positions_give_ground_truth_within_25_m(tmp_path):
     from pathlib import Path
 
-    from segvlad_edge.runtime.datasets import from_positions
+    from segvlad_edge.runtime.inputs.datasets import from_positions
 
     maps = [{"utm": [500000.0 + 20 * i, 4000000.0]} for i in range(5)]          # every 20 m along x
     queries = [{"utm": [500031.0, 4000000.0]}, {"utm": [500000.0, 4000100.0]}]

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime.exif import Exif, read_exif
+from segvlad_edge.runtime.inputs.exif import Exif, read_exif
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -45,7 +45,7 @@ def test_big_endian_tiff_block():
     tiff = tiff.ljust(gps_ifd_at, b"\x00") + struct.pack(e + "H", 4) + b"".join(entries) + b"\x00" * 4 + lat + lon
     app1 = b"Exif\x00\x00" + tiff
     jpeg = b"\xff\xd8" + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + b"\xff\xd9"
-    from segvlad_edge.runtime.exif import _parse, _tiff_block
+    from segvlad_edge.runtime.inputs.exif import _parse, _tiff_block
     assert _tiff_block(jpeg) == tiff
     assert _parse(tiff).gps == pytest.approx([12.5, 77.26])
 
@@ -61,8 +61,8 @@ def test_broken_or_special_files_give_no_exif_and_never_hang(datasets, tmp_path)
 
 
 def test_build_map_reads_gps_from_geotagged_photos(datasets, engines_dir, tmp_path):
-    from segvlad_edge.runtime.bundle import MapBundle
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.inputs.images import list_images
 
     photos = tmp_path / "survey"
     photos.mkdir()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segvlad_edge.apps.explain import PALETTE, TITLE_H, save_explanation
-from segvlad_edge.runtime.images import list_images, load_image
+from segvlad_edge.runtime.inputs.images import list_images, load_image
 from segvlad_edge.runtime.localizer import Localizer
 
 

@@ -64,8 +64,8 @@ def test_not_a_sam_checkpoint(tmp_path):
 def test_sam_segmenter_on_the_engines(sam_engines):
     """Segment-everything through the exported engines, masks pooled onto a patch grid."""
     from segvlad_edge.runtime.backends import open_engine
-    from segvlad_edge.runtime.features import FeatureMap
-    from segvlad_edge.runtime.segmenters.sam import SamSegmenter, mask_nms
+    from segvlad_edge.runtime.steps.features import FeatureMap
+    from segvlad_edge.runtime.steps.segmenters.sam import SamSegmenter, mask_nms
 
     arch, _, enc, dec = sam_engines
     if arch != "vit_t":

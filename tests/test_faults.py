@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from segvlad_edge.runtime import mapping
-from segvlad_edge.runtime.bundle import BundleError, MapBundle
-from segvlad_edge.runtime.images import list_images, load_image
+from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.inputs.images import list_images, load_image
 
 
 def cli(*args, **kw):
@@ -99,7 +99,7 @@ def test_a_shuffled_segment_table_is_refused(corridor_bundle):
 
 def test_verify_reports_a_broken_index(corridor_bundle, engines_dir, monkeypatch):
     from segvlad_edge.runtime import verify
-    from segvlad_edge.runtime.index import SegmentIndex
+    from segvlad_edge.runtime.steps.index import SegmentIndex
 
     def lost(self, q, k, exact=False):                     # an index that returns the wrong segments
         return np.zeros((len(q), k), np.int64), np.ones((len(q), k), np.float32)
@@ -127,7 +127,7 @@ def test_localize_memory_stays_flat(corridor_bundle, engines_dir, datasets):
 
 
 def test_disk_full_is_reported_and_keeps_the_old_bundle(corridor_bundle, tmp_path, monkeypatch):
-    from segvlad_edge.runtime import bundle as B
+    from segvlad_edge.runtime.mapfiles import bundle as B
 
     target = tmp_path / "m.segmap"
     shutil.copy(corridor_bundle, target)

@@ -4,15 +4,16 @@ import shutil
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime import domain, fitting, mapping
+from segvlad_edge.runtime.mapfiles import domain
+from segvlad_edge.runtime import fitting, mapping
 from segvlad_edge.runtime.build_domain import build_domain
-from segvlad_edge.runtime.bundle import BundleError, MapBundle, read_arrays, write_arrays
-from segvlad_edge.runtime.images import list_images, load_image
+from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle, read_arrays, write_arrays
+from segvlad_edge.runtime.inputs.images import list_images, load_image
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.models import Models, arrays_sha256
-from segvlad_edge.runtime.pca import Pca
+from segvlad_edge.runtime.steps.pca import Pca
 from segvlad_edge.runtime.settings import CONFS
-from segvlad_edge.runtime.vlad import Vocabulary
+from segvlad_edge.runtime.steps.vlad import Vocabulary
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from segvlad_edge.errors import FileSafetyError, SegvladError
 from segvlad_edge.files import atomic_write, check_output, open_regular
-from segvlad_edge.runtime import bundle as B
-from segvlad_edge.runtime.bundle import BundleError, MapBundle
-from segvlad_edge.runtime.images import ImageError, declared_size, decode_image, load_image
+from segvlad_edge.runtime.mapfiles import bundle as B
+from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.inputs.images import ImageError, declared_size, decode_image, load_image
 from segvlad_edge.runtime.settings import CONFS, Settings
 from segvlad_edge.schema import SchemaError
 
@@ -205,7 +205,7 @@ def test_a_decompression_bomb_is_skipped_by_build_map(engines_dir, tmp_path):
 
 # ------------------------------------------------------------------ 5. small maps and unreadable map images
 def test_temporal_filter_on_maps_shorter_than_its_kernel():
-    from segvlad_edge.runtime.temporal import SequenceFilter
+    from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
     for n in (1, 2, 3, 6, 7, 8):
         f = SequenceFilter(n)
@@ -371,7 +371,7 @@ def test_graph_and_manifest_disagreeing_and_runtime_errors_name_the_engine(engin
     onnxruntime failure at run time is one BackendError line naming the engine."""
     from segvlad_edge.engines.manifest import EngineError, load_manifest
     from segvlad_edge.runtime.backends import BackendError
-    from segvlad_edge.runtime.features import DenseFeatureExtractor
+    from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 
     m = load_manifest(engine_copy)
     ext = DenseFeatureExtractor(m)
@@ -430,7 +430,7 @@ def test_unsafe_names_are_refused_before_any_work_and_printed_escaped(engines_di
 
 # ------------------------------------------------------------------ 10. ground truth
 def test_malformed_ground_truth_is_a_dataset_error(tmp_path):
-    from segvlad_edge.runtime.datasets import DatasetError, load_dataset, load_object_npy
+    from segvlad_edge.runtime.inputs.datasets import DatasetError, load_dataset, load_object_npy
 
     imgs = small_images(tmp_path / "ds")
     ds = tmp_path / "ds"
@@ -455,7 +455,7 @@ def test_malformed_ground_truth_is_a_dataset_error(tmp_path):
 
 
 def test_vpr_bench_plain_int_and_scalar_positives(tmp_path):
-    from segvlad_edge.runtime.datasets import load_dataset
+    from segvlad_edge.runtime.inputs.datasets import load_dataset
 
     root = tmp_path / "vb"
     small_images(root / "ref", n=3)
@@ -512,11 +512,11 @@ def test_error_classes_share_one_base():
     from segvlad_edge.engines.manifest import EngineError
     from segvlad_edge.export.dinov2 import SourceError as ExportSourceError
     from segvlad_edge.runtime.backends import BackendError
-    from segvlad_edge.runtime.datasets import DatasetError
+    from segvlad_edge.runtime.inputs.datasets import DatasetError
     from segvlad_edge.runtime.fitting import FitError
     from segvlad_edge.runtime.mapping import MapBuildError
-    from segvlad_edge.runtime.metadata import MetadataError
-    from segvlad_edge.runtime.sources import SourceError
+    from segvlad_edge.runtime.mapfiles.metadata import MetadataError
+    from segvlad_edge.runtime.inputs.sources import SourceError
 
     assert ExportSourceError is SourceError
     for cls in (DemoError, EngineError, BackendError, DatasetError, FitError, MapBuildError, MetadataError,

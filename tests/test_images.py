@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime.images import ImageError, list_images, load_image
+from segvlad_edge.runtime.inputs.images import ImageError, list_images, load_image
 
 
 def test_good_and_bad_files(tmp_path):

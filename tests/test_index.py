@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime import bundle as B
-from segvlad_edge.runtime import index as I
-from segvlad_edge.runtime.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.mapfiles import bundle as B
+from segvlad_edge.runtime.steps import index as I
+from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
 from segvlad_edge.runtime.settings import Settings
-from segvlad_edge.runtime.index import SegmentIndex, StoredIndexError, open_index, store_index
+from segvlad_edge.runtime.steps.index import SegmentIndex, StoredIndexError, open_index, store_index
 
 
 def clustered(n=3000, d=64, seed=0, dup_every=3):

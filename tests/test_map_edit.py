@@ -12,7 +12,7 @@ def setup(datasets, engines_dir, make_pipeline, tmp_path_factory):
     """A domain fit, a map of 8 images, 6 more images, and the full 14-image map built at once."""
     from segvlad_edge.runtime import mapping
     from segvlad_edge.runtime.build_domain import build_domain
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.inputs.images import list_images
 
     tmp = tmp_path_factory.mktemp("edit")
     files = list_images(datasets / "gardens_point_day" / "day_left")[::12][:14]
@@ -36,7 +36,7 @@ def assert_same_map(a, b):
 def test_add_equals_full_rebuild_and_remove_undoes_it(setup, engines_dir):
     import shutil
 
-    from segvlad_edge.runtime.bundle import MapBundle
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
     from segvlad_edge.runtime.localizer import Localizer
     from segvlad_edge.runtime.map_edit import add_images, remove_images
 
@@ -69,9 +69,9 @@ def test_add_equals_full_rebuild_and_remove_undoes_it(setup, engines_dir):
 def test_failed_or_killed_add_leaves_the_old_map(setup, engines_dir, monkeypatch):
     import shutil
 
-    from segvlad_edge.runtime import bundle as B
+    from segvlad_edge.runtime.mapfiles import bundle as B
     from segvlad_edge.runtime import map_edit
-    from segvlad_edge.runtime.bundle import MapBundle
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 
     tmp = setup["tmp"]
     target = tmp / "crash.segmap"

@@ -1,6 +1,6 @@
 import pytest
 
-from segvlad_edge.runtime.metadata import MetadataError, from_name, read_csv
+from segvlad_edge.runtime.mapfiles.metadata import MetadataError, from_name, read_csv
 
 AT_NAME = "@0543256.96@4178906.70@10@S@037.75591@-122.50892@3lBcJNQLVTpEA8JEIsCzHQ@@000@@@@201311@@.jpg"
 
@@ -53,7 +53,7 @@ def test_metadata_travels_from_names_and_csv_to_answers(datasets, engines_dir, t
     import subprocess
     import sys
 
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.inputs.images import list_images
 
     maps = tmp_path / "map"
     maps.mkdir()

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime.position import MapPositions, estimate, from_plane, to_plane
+from segvlad_edge.runtime.steps.position import MapPositions, estimate, from_plane, to_plane
 
 
 def test_estimator_ignores_outliers_and_weights_by_score():
@@ -60,13 +60,13 @@ def test_tangent_plane_round_trip():
 def test_position_error_on_real_corridor_frames(positioned_bundle, engines_dir, datasets):
     """Corridor queries against the corridor map with x = map index: confident answers carry a position
     close to the query's own index, with a sigma that covers most errors; refused answers carry none."""
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.inputs.images import list_images
     from segvlad_edge.runtime.localizer import Localizer
 
     loc = Localizer.from_bundle(positioned_bundle("local"), engines_dir, threads=2)
     errors, sigmas, refused = [], [], 0
     for i, p in enumerate(list_images(datasets / "corridor" / "query")[::3]):
-        from segvlad_edge.runtime.images import load_image
+        from segvlad_edge.runtime.inputs.images import load_image
 
         ans = loc.localize(load_image(p))
         if ans.match is None:

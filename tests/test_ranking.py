@@ -1,7 +1,7 @@
 import numpy as np
 
-from segvlad_edge.runtime.index import SegmentIndex
-from segvlad_edge.runtime.ranking import rank
+from segvlad_edge.runtime.steps.index import SegmentIndex
+from segvlad_edge.runtime.steps.ranking import rank
 
 
 def test_hand_computed_weighted_frequency():

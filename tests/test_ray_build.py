@@ -14,8 +14,8 @@ def local_ray():
 
 def test_ray_build_equals_local_build(datasets, engines_dir, make_pipeline, tmp_path, local_ray):
     from segvlad_edge.runtime import mapping
-    from segvlad_edge.runtime.bundle import MapBundle
-    from segvlad_edge.runtime.images import list_images
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.inputs.images import list_images
     from segvlad_edge.runtime.ray_build import RayConf
 
     (tmp_path / "broken.jpg").write_bytes(b"not an image")

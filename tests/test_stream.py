@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime.images import list_images
-from segvlad_edge.runtime.sources import LiveSource, SourceError, open_source
+from segvlad_edge.runtime.inputs.images import list_images
+from segvlad_edge.runtime.inputs.sources import LiveSource, SourceError, open_source
 
 KEYS = {"schema", "query", "frame", "timestamp", "top", "match", "confidence", "segments", "ms"}
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime.supersegments import SuperSegments, delaunay_adjacency, expand
+from segvlad_edge.runtime.steps.supersegments import SuperSegments, delaunay_adjacency, expand
 
 
 def test_hand_computed_path_of_four_segments():
@@ -50,7 +50,7 @@ def test_duplicate_centroids_and_empty_segment():
 
 
 def test_overlap_filter_drops_near_copies_of_kept_supersegments():
-    from segvlad_edge.runtime.supersegments import overlap_filter
+    from segvlad_edge.runtime.steps.supersegments import overlap_filter
 
     p = 20
     a = np.zeros(p, bool); a[:10] = True                # kept (first)

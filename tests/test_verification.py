@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from segvlad_edge.runtime.ranking import Ranked
-from segvlad_edge.runtime.verification import (PatchCoder, Verification, mutual_matches, patch_positions, rerank_by_inliers,
+from segvlad_edge.runtime.steps.ranking import Ranked
+from segvlad_edge.runtime.steps.verification import (PatchCoder, Verification, mutual_matches, patch_positions, rerank_by_inliers,
                                                verify_shortlist)
 
 GRID = (24, 32)

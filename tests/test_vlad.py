@@ -1,7 +1,7 @@
 import numpy as np
 
-from segvlad_edge.runtime.pca import Pca
-from segvlad_edge.runtime.vlad import VladAggregator, Vocabulary
+from segvlad_edge.runtime.steps.pca import Pca
+from segvlad_edge.runtime.steps.vlad import VladAggregator, Vocabulary
 
 
 def unit(x):

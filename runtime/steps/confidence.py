@@ -1,7 +1,7 @@
 """Confidence of an answer: is the frame's place in the map at all?
 
 Verified maps (the default): the evidence is the number of verified inliers of the answer
-(runtime/verification.py), ``confidence = 1 / (1 + a (T / inliers) ** STEEPNESS)``, with ``T =
+(runtime/steps/verification.py), ``confidence = 1 / (1 + a (T / inliers) ** STEEPNESS)``, with ``T =
 ANSWER_INLIERS`` the inliers that make ``NO_MATCH_BELOW``. Chance agreement does not grow with
 the patch grid: frames of gardens_point_day against a corridor map have 5/6.5/11 inliers on the
 224x168 engine (192 patches), as on the 448x336 one, so ``T`` is one number. Measured with ``python benchmarks/confidence.py`` (448x336, the three

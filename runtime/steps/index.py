@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from segvlad_edge.runtime.bundle import BundleError
+from segvlad_edge.runtime.mapfiles.bundle import BundleError
 
 KINDS = ("hnsw", "ivfpq")
 IVFPQ_FROM = 200_000            # segments (about 10k images): from here IVF-PQ, below HNSW

@@ -9,11 +9,11 @@ by mutual nearest neighbours (cosine, at least ``min_sim``); a RANSAC fit of a 2
 with a ``threshold`` in patch units counts the matches that agree. The inlier count re-ranks
 the shortlist (a candidate overtakes the retrieval's first only with more than ``gain`` times
 its inliers: on the shared sets a plain re-rank by inliers lost Recall@1, this rule gained,
-``benchmarks/compare.py``) and is the evidence the confidence is made of (runtime/confidence.py).
+``benchmarks/compare.py``) and is the evidence the confidence is made of (runtime/steps/confidence.py).
 
 Classic retrieval does the same with local features and visual words (Philbin et al., CVPR
 2007). The map side is read only for the shortlist, so a bundle stores the codes
-memory-mapped (runtime/bundle.py) and only the segment index needs RAM.
+memory-mapped (runtime/mapfiles/bundle.py) and only the segment index needs RAM.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def rerank_by_inliers(ranked, checks: list[Verification], gain: float = 1.5):
     the same ranking with those images ordered by inliers (ties keep their retrieval order), except
     that the retrieval's first image stays first unless another has more than ``gain`` times its
     inliers; ``inliers`` set (``-1`` for images past the shortlist)."""
-    from segvlad_edge.runtime.ranking import Ranked
+    from segvlad_edge.runtime.steps.ranking import Ranked
 
     n = len(checks)
     inl = np.array([c.inliers for c in checks], np.int64)

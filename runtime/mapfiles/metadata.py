@@ -8,7 +8,7 @@ Fields that are empty or missing are left out. A CSV has a header row with a ``n
 (the image's path relative to the map folder; ``image``/``file`` are accepted too) and any of
 ``lat, lon[, alt]`` -> ``gps``, ``x, y, z[, qw, qx, qy, qz]`` -> ``pose``, ``label``; other
 columns are kept under their own names (numbers as numbers). Geotagged photos (drone
-surveys) give ``gps = [lat, lon(, alt)]`` from their EXIF GPS tags (runtime/exif.py). Where
+surveys) give ``gps = [lat, lon(, alt)]`` from their EXIF GPS tags (runtime/inputs/exif.py). Where
 sources disagree the CSV wins over the name, the name over EXIF.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from segvlad_edge.errors import SegvladError
 from segvlad_edge.files import read_regular
-from segvlad_edge.runtime.exif import read_exif
+from segvlad_edge.runtime.inputs.exif import read_exif
 
 NAME_COLUMNS = ("name", "image", "file")
 POSE_KEYS = ("x", "y", "z", "qw", "qx", "qy", "qz")

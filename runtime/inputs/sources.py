@@ -7,7 +7,7 @@ lost camera is reopened with exponential back-off and reported through ``on_even
 raised. Files and folders are read in order, every frame (``every_n`` thins them).
 
 ``Frame.timestamp`` is the capture time in Unix seconds: for image folders each file's EXIF
-DateTimeOriginal (runtime/exif.py), else its modification time; for video files the frame's own
+DateTimeOriginal (runtime/inputs/exif.py), else its modification time; for video files the frame's own
 container timestamp (``CAP_PROP_POS_MSEC``) added to the recording's start, taken as the file's
 modification time minus its duration (a recorder writes the file until its last frame); for
 cameras and streams the wall-clock time at which ``grab()`` returned the frame.
@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 
 from segvlad_edge.errors import SourceError
-from segvlad_edge.runtime.exif import file_time
-from segvlad_edge.runtime.images import ImageError, list_images, load_image
+from segvlad_edge.runtime.inputs.exif import file_time
+from segvlad_edge.runtime.inputs.images import ImageError, list_images, load_image
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """MapBundle: one self-describing, checksummed file a user copies to a robot. No pickle.
 
-The container (also used for domain fits, ``runtime/domain.py``) is, little-endian::
+The container (also used for domain fits, ``runtime/mapfiles/domain.py``) is, little-endian::
 
     magic        16 bytes  b"SEGVLAD-MAP\\r\\n\\x1a\\n\\x00"
     version       u32      FORMAT_VERSION
@@ -52,7 +52,7 @@ ARRAYS = {   # name: (dtype, rank, required); one line per array a map bundle ma
     "verify_mean": ("float32", 1, False), "verify_components": ("float32", 2, False),
     "verify_codes": ("float16", 3, False),
     "index_links0": ("uint8", 2, False), "index_labels": ("int32", 1, False),        # stored search index
-    "index_levels": ("int32", 1, False), "index_upper": ("uint8", 1, False),         # (runtime/index.py)
+    "index_levels": ("int32", 1, False), "index_upper": ("uint8", 1, False),         # (runtime/steps/index.py)
     "index_faiss": ("uint8", 1, False),
 }
 VERIFY_ARRAYS = ("verify_mean", "verify_components", "verify_codes")   # spatial verification: all or none
@@ -72,7 +72,7 @@ IMAGE = Obj({"name": Str(max_len=4096), "meta": Json(), "root": Str(max_len=4096
 META = Obj({"format": Str(("segvlad-edge map",)), "format_version": Int(FORMAT_VERSION, FORMAT_VERSION),
             "created": Str(max_len=64), "created_by": Str(max_len=256), "engine": ENGINE, "settings": Json(),
             "fit": Json(), "images": List(IMAGE, 1, MAX_IMAGES), "images_root": Str(), "modified": Str(max_len=64),
-            "index": Json()},                 # the stored search structure: runtime/index.py checks its fields
+            "index": Json()},                 # the stored search structure: runtime/steps/index.py checks its fields
            optional=("images_root", "modified", "index"))
 
 
@@ -99,10 +99,10 @@ class MapBundle:
     ``pca_components [d, K*D] float16``, ``pca_scale [d]`` (d <= settings.pca_dims); a
     domain-fitted bundle instead names the domain file kept beside the engines and its sha256 in
     ``meta["fit"]``; ``calib_negatives [<=I] float32`` (sorted, in [0, 1]) calibrates the
-    confidence (runtime/confidence.py); spatial verification (runtime/verification.py):
+    confidence (runtime/steps/confidence.py); spatial verification (runtime/steps/verification.py):
     ``verify_mean [C] float32``, ``verify_components [d, C] float32`` and ``verify_codes
     [I, h*w, d] float16`` (memory-mapped on read); ``meta["index"]`` and the ``index_*`` arrays
-    hold the stored search structure (runtime/index.py; maps written by ``build-map`` always carry
+    hold the stored search structure (runtime/steps/index.py; maps written by ``build-map`` always carry
     one, a bundle without one gets an HNSW graph built at load)."""
 
     meta: dict

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from segvlad_edge import __version__
 from segvlad_edge.engines.manifest import EngineManifest
-from segvlad_edge.runtime.bundle import BundleError, check_models, read_arrays, write_arrays
+from segvlad_edge.runtime.mapfiles.bundle import BundleError, check_models, read_arrays, write_arrays
 from segvlad_edge.runtime.models import Models, arrays_sha256
 from segvlad_edge.runtime.settings import Settings
 

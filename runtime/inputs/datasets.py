@@ -22,8 +22,8 @@ import numpy as np
 
 from segvlad_edge.errors import SegvladError, printable
 from segvlad_edge.files import read_regular
-from segvlad_edge.runtime.images import list_images
-from segvlad_edge.runtime.metadata import from_name
+from segvlad_edge.runtime.inputs.images import list_images
+from segvlad_edge.runtime.mapfiles.metadata import from_name
 
 UTM_RADIUS_M = 25.0
 MAX_GT_BYTES = 64 << 20         # a ground-truth file larger than this is not one

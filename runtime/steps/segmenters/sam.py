@@ -13,7 +13,7 @@ import numpy as np
 
 from segvlad_edge.engines.manifest import EngineError, default_engines_dir, find_engine
 from segvlad_edge.runtime.backends import open_engine
-from segvlad_edge.runtime.features import normalise
+from segvlad_edge.runtime.steps.features import normalise
 
 IMAGE_SIZE = 1024
 LOW_RES = 256

@@ -1,0 +1,1 @@
+"""Map files: the bundle container and schema, per-image metadata, domain fits."""
