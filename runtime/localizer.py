@@ -150,8 +150,7 @@ class Localizer:
             entries.append(entry)
         conf = confidence(ranked, self.calib)
         match = entries[0] if entries and conf >= self.min_confidence else None
-        position = (self.positions.estimate(ranked.images, ranked.scores, ranked.inliers)   # verified: weighted by inliers
-                    if match and self.positions else None)
+        position = self.positions.estimate(ranked.images, ranked.scores) if match and self.positions else None
         return Answer(entries, ranked.pairs[:top], {k: round(v, 2) for k, v in ms.items()}, segments, conf, match,
                       round(ranked.match_sim, 4), frame, ranked, position)
 
