@@ -234,8 +234,10 @@ def _blocks(x: np.ndarray, rows: int = 1 << 16):
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
     """``[N] bool``: rows that are finite and not all zero (computed block by block)."""
-    out = [np.isfinite(b.astype(np.float32)).all(1) & (np.abs(b.astype(np.float32)).max(1, initial=0) > 0)
-           for b in _blocks(x)]
+    out = []
+    for b in _blocks(x):
+        b = np.asarray(b, np.float32)                   # one float32 copy per block
+        out.append(np.isfinite(b).all(1) & (np.abs(b).max(1, initial=0) > 0))
     return np.concatenate(out) if out else np.zeros(0, bool)
 
 
