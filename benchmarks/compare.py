@@ -48,11 +48,13 @@ def boot_ci(x: np.ndarray, rng: np.random.Generator, n: int = BOOT) -> tuple[flo
     return float(np.percentile(m, 2.5)), float(np.percentile(m, 97.5))
 
 
-def build_map(ds, feats, conf, seed, ext, verify: bool = True):
+def build_map(ds, feats, conf, seed, ext, verify: bool = True, frames: dict | None = None):
     """An in-memory map of ``ds.map_images`` from cached features, with the product's code ->
-    ``(localizer, frames {path: FrameSegments}, desc {path: [S, d] float16})`` for every image in ``feats``."""
+    ``(localizer, frames {path: FrameSegments}, desc {path: [S, d] float16})`` for every image in ``feats``.
+    ``frames``: the images' segments where already made (they do not depend on the seed)."""
     pipe = FramePipeline(ext, conf)
-    frames = {p: pipe.segment(None, feats[p]) for p in feats}
+    if frames is None:
+        frames = {p: pipe.segment(None, feats[p]) for p in feats}
     maps = ds.map_images
     rng = np.random.default_rng(seed)
     pipe = pipe.with_models(fit_models(pipe.conf, lambda: (frames[p] for p in maps), len(maps), rng))
@@ -64,10 +66,19 @@ def build_map(ds, feats, conf, seed, ext, verify: bool = True):
     return Localizer(bundle, pipe), frames, desc
 
 
-def run_variant(ds, feats, conf, seed, verify_n, ext) -> dict:
-    """-> ``first [Q]`` rank of the first correct image (-1: not in the top DEPTH), without and with
-    verification, plus sizes."""
-    loc, frames, desc = build_map(ds, feats, conf, seed, ext, verify=bool(verify_n))
+def run_variant(ds, feats, conf, seeds, verify_n, ext) -> list[dict]:
+    """One result per seed: ``first [Q]`` rank of the first correct image (-1: not in the top
+    DEPTH), without and with verification, plus sizes. The images are segmented once."""
+    frames = None
+    out = []
+    for seed in seeds:
+        loc, frames, desc = build_map(ds, feats, conf, seed, ext, verify=bool(verify_n), frames=frames)
+        out.append(score_map(ds, loc, frames, desc, verify_n))
+    return out
+
+
+def score_map(ds, loc, frames, desc, verify_n) -> dict:
+    """One built map (``build_map``): every query ranked, without and with verification."""
     bundle, maps = loc.bundle, ds.map_images
     first = {0: [], verify_n: []}
     ms = []
@@ -127,7 +138,7 @@ def main():
         feats = cached_features(ext, sorted(set(ds.map_images) | set(ds.queries)), a.cache, progress=False)
         for name, conf in confs.items():
             t0 = time.perf_counter()
-            res = [run_variant(ds, feats, conf, seed, a.verify, ext) for seed in range(a.seeds)]
+            res = run_variant(ds, feats, conf, range(a.seeds), a.verify, ext)
             for k in sorted(res[0]["first"]):
                 f = np.stack([r["first"][k] for r in res])
                 rows[(s, name + ("+v" if k else ""))] = {

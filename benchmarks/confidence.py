@@ -8,7 +8,9 @@ way (segment search, verification of the shortlist, confidence):
 
 - ``in map``: every query, its place in the map (Recall@1 among the answered is printed);
 - ``removed``: every query with its correct map images removed -- a place not in the map, in
-  the same environment;
+  the same environment; ``rem far``: those answered with a map image more than WINDOW frames
+  beyond the removed place (on sequences the frames just past it show much of the same scene;
+  on wxbs every answer counts);
 - ``foreign``: 40 frames of each other shared set and every toy_unlabelled image;
 - ``blurred`` / ``dark``: 30 in-map queries with horizontal motion blur (21 px) / at 25%
   brightness and gamma 1.5 (answered share and Recall@1 among the answered).
@@ -40,7 +42,7 @@ from segvlad_edge.runtime.pipeline import CONFS
 
 SETS = ("corridor", "gardens_point_day", "wxbs")
 THRESHOLDS = (0.3, 0.5, NO_MATCH_BELOW, 0.9)
-KINDS = ("in map", "removed", "foreign", "blurred", "dark")
+KINDS = ("in map", "removed", "rem far", "foreign", "blurred", "dark")
 
 
 def motion_blur(image: np.ndarray, length: int = 21) -> np.ndarray:
@@ -98,6 +100,8 @@ def main():
             rows["in map"].append((c, top in ds.positives[qi], inl, rival))
             c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own + pos)
             rows["removed"].append((c, False, inl, rival))
+            near = ds.query_map_index is None and top >= 0 and min(abs(top - p) for p in pos) <= WINDOW
+            rows["rem far"].append((0.0 if near else c, False, inl, rival))
         for p in foreign:
             c, top, inl, rival = evidence(loc, frames[p].fmap, desc[p], [])
             rows["foreign"].append((c, False, inl, rival))
