@@ -5,6 +5,8 @@
   file is removed, so a half-written file never exists under the target's name. Before writing,
   :func:`check_output` refuses a target that is an input of the same command or an existing
   non-regular file (a folder, FIFO, socket or device such as ``/dev/null``).
+* Output folders (a tiled map): :func:`atomic_folder` fills a temporary folder beside the target
+  and renames it into place, so a killed write never leaves a half-written folder under its name.
 * Inputs: :func:`open_regular` opens regular files only, without blocking on a FIFO.
 
 This module sits below every layer (apps -> export -> calib -> runtime -> engines -> here).
@@ -95,6 +97,44 @@ def write_bytes(path: str | os.PathLike, data: bytes, inputs: Iterable[str | os.
     return len(data)
 
 
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` for the caller to fill; on success it is renamed
+    to ``path`` (which may not exist, or be an empty folder) and the parent folder fsync'ed; on
+    error it is removed. The caller writes its files with :func:`atomic_write` (each fsync'ed)."""
+    import shutil
+
+    path = Path(path)
+    _check_empty_folder(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        _fsync_folder(tmp)
+        _check_empty_folder(path)             # still free: nothing appeared there meanwhile
+        os.replace(tmp, path)                 # over an empty folder, or a new name
+        _fsync_folder(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_empty_folder(path: Path) -> None:
+    """``path`` may become an output folder: absent, or an empty folder."""
+    if not path.parent.is_dir():
+        raise FileSafetyError(f"{printable(path.parent)}: output folder does not exist")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise FileSafetyError(f"{printable(path)}: is {_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'a file'}; "
+                              "refusing to replace it with a map folder")
+    if any(os.scandir(path)):
+        raise FileSafetyError(f"{printable(path)}: is a folder that is not empty; refusing to write a map folder "
+                              "into it (choose a new name)")
+
+
 def _fsync_folder(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -120,6 +160,17 @@ def open_regular(path: str | os.PathLike):
     except BaseException:
         os.close(fd)
         raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of the regular file ``path``, streamed in ``chunk``-byte reads."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open_regular(path) as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_regular(path: str | os.PathLike, limit: int | None = None, what: str = "file") -> bytes:

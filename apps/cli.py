@@ -251,14 +251,18 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
 
 @cli.command("build-map")
 @click.argument("images_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Bundle file to write (with --add: default the map itself, replaced atomically).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Bundle file to write (with --add: default the map itself, replaced atomically; with --tile-m: "
+                   "a new map folder).")
 @click.option("--add", "add_to", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               metavar="MAP", help="Append IMAGES_DIR's images to this map with its own engine, settings and fit.")
 @pipeline_options()
 @fit_options
 @click.option("--metadata", "metadata_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV with a name column and lat,lon / x,y,z[,qw,qx,qy,qz] / label per image.")
+@click.option("--tile-m", type=click.FloatRange(1, 1e7), default=None, metavar="METRES",
+              help="Split the map into square tiles of this side that share one vocabulary/PCA fit, written as a "
+                   "map folder (-o names it); every image needs a lat/lon position.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-image work folder (resume data).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (implies --quiet).")
@@ -268,13 +272,15 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
                    "Needs the [ray] extra.")
 @user_errors
 def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
-              metadata_csv, keep_work, quiet, as_json, ray_address):
+              metadata_csv, tile_m, keep_work, quiet, as_json, ray_address):
     """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata), or add them to one."""
     from segvlad_edge.runtime import mapping
     from segvlad_edge.runtime.mapfiles import metadata
 
     if out is None and add_to is None:
         raise click.UsageError("give the bundle to write (-o/--out), or --add MAP")
+    if tile_m is not None and (add_to is not None or out is None):
+        raise click.UsageError("--tile-m writes a new map folder: give it with -o (not with --add)")
     images = _image_list(images_dir)
     names = [n for n, _ in images]
     meta = {n: m for n, p in images if (m := {**metadata.from_exif(p), **metadata.from_name(n)})}
@@ -286,7 +292,16 @@ def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, or
         from segvlad_edge.runtime.ray_build import RayConf
         ray = RayConf(address=None if ray_address == "local" else ray_address, threads=threads)
     inputs = (metadata_csv,) if metadata_csv else ()
-    if add_to is not None:
+    tiles = None
+    if tile_m is not None:
+        from segvlad_edge.runtime.tiling import build_tiled_map, check_positions
+
+        check_positions(names, meta)                        # before the engine is even opened
+        pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
+        s, tiles = build_tiled_map(images, out, pipe, tile_m, meta, keep_work=keep_work,
+                                   progress=not (quiet or as_json), fit=fit, domain=domain,
+                                   images_root=str(images_dir.resolve()), inputs=inputs, ray=ray)
+    elif add_to is not None:
         from segvlad_edge.runtime.map_edit import add_images
 
         out = out or add_to
@@ -302,10 +317,13 @@ def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, or
         click.echo(json.dumps({"map": str(out), "images": s.images, "segments": s.segments, "bytes": s.bytes,
                                "seconds": round(s.seconds, 1), "fit": s.fit["source"],
                                "skipped": [{"name": n, "reason": r} for n, r in s.skipped],
-                               "stage_ms": {k: round(v, 2) for k, v in s.stage_ms.items()}}))
+                               "stage_ms": {k: round(v, 2) for k, v in s.stage_ms.items()},
+                               **({"tiles": len(tiles["tiles"])} if tiles else {})}))
         return
     click.echo(f"map {out}: {s.images} images, {s.segments} segments ({s.segments / s.images:.1f}/image), "
-               f"{s.bytes / 1024:.1f} KiB ({s.bytes / s.images / 1024:.1f} KiB/image), vocabulary/PCA from the "
+               + (f"{len(tiles['tiles'])} tiles of {tile_m:g} m" if tiles else
+                  f"{s.bytes / 1024:.1f} KiB ({s.bytes / s.images / 1024:.1f} KiB/image)")
+               + f", vocabulary/PCA from the "
                f"{s.fit['source']}{' ' + s.fit['file'] if s.fit['source'] == 'domain' else ''}, {s.seconds:.1f} s"
                + (f", {len(s.skipped)} skipped" if s.skipped else ""))
 
@@ -326,7 +344,11 @@ def remove_images_cmd(map_path, names, out):
 
 
 @cli.command("localize")
-@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Map bundle (.segmap).")
+@click.option("--map", "map_path", required=True, type=click.Path(path_type=Path),
+              help="Map bundle (.segmap) or map folder (build-map --tile-m).")
+@click.option("--near", default=None, metavar="LAT,LON[,RADIUS_M]",
+              help="Map folder: search only the tiles within RADIUS_M (default 500) metres of this point; without "
+                   "it all tiles. Either way the last confident position then limits the tiles.")
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None, help="Folder of query images.")
 @click.option("--video", default=None, help="Video file, RTSP/HTTP URL or GStreamer pipeline.")
 @click.option("--camera", type=click.IntRange(0, 1024), default=None, help="Camera device index.")
@@ -352,7 +374,7 @@ def remove_images_cmd(map_path, names, out):
                    "onnxruntime provider); a named device that is not available is an error.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime CPU threads (default: onnxruntime's, one per core).")
 @user_errors
-def localize(map_path, images_dir, video, camera, top, out_targets, max_fps, every_n, temporal, min_confidence,
+def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fps, every_n, temporal, min_confidence,
              save_vis, give_up_after, engines_dir, domain, device, threads):
     """Localise frames against a map; one JSON object per processed frame (schema in the README)."""
     import signal
@@ -364,7 +386,17 @@ def localize(map_path, images_dir, video, camera, top, out_targets, max_fps, eve
     from segvlad_edge.runtime.inputs.sources import check_choice, open_source
 
     check_choice(camera, video, images_dir)
-    loc = _open_localizer(map_path, engines_dir, domain, device, threads)
+    if near is not None:
+        from segvlad_edge.runtime.mapfiles.tiles import parse_near
+        from segvlad_edge.runtime.tiled import DEFAULT_NEAR_M
+
+        try:
+            near = parse_near(near, DEFAULT_NEAR_M)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--near") from None
+    if save_vis is not None and map_path.is_dir():
+        raise click.UsageError("--save-vis needs a map bundle file; explanations of a map folder are not supported")
+    loc = _open_localizer(map_path, engines_dir, domain, device, threads, near)
     inputs = [map_path] + ([Path(video)] if video else []) + ([domain] if domain else []) \
         + (list_images(images_dir) if images_dir and images_dir.is_dir() else [])
     sinks = open_sinks(out_targets, inputs, loc.positions.kind if loc.positions else None)
@@ -395,10 +427,11 @@ def localize(map_path, images_dir, video, camera, top, out_targets, max_fps, eve
         click.echo(f"stopped after {stats['frames']} frames", err=True)
 
 
-def _open_localizer(map_path, engines_dir, domain, device: str, threads):
-    """The localizer on ``--device``; refused (one line) when that device is not usable here."""
+def _open_localizer(map_path, engines_dir, domain, device: str, threads, near=None):
+    """The localizer of a bundle or map folder (``near``: its tiles, runtime/tiled.py) on ``--device``;
+    refused (one line) when that device is not usable here."""
     from segvlad_edge.runtime.backends import check_device, device_choice
-    from segvlad_edge.runtime.localizer import Localizer
+    from segvlad_edge.runtime.tiled import open_map
 
     folder = engines_dir or default_engines_dir()
     has_plan = device == "tensorrt" and any(load_manifest(p, verify=False).backend == "tensorrt"
@@ -406,8 +439,8 @@ def _open_localizer(map_path, engines_dir, domain, device: str, threads):
     backend, providers = device_choice(device, has_plan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                 # the info line says what runs; refusals are errors
-        loc = Localizer.from_bundle(map_path, engines_dir, backend=backend, providers=providers, threads=threads,
-                                    domain=domain)
+        loc = open_map(map_path, engines_dir, backend=backend, providers=providers, threads=threads, domain=domain,
+                       near=near, follow=True)
     check_device(device, loc.pipeline.extractor.backend)
     return loc
 
@@ -598,17 +631,18 @@ def demo(out, engines_dir, quiet):
 
 
 @cli.command("verify")
-@click.argument("map_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("map_path", type=click.Path(path_type=Path))
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Engines folder (default: the one build-engines fills).")
 @click.option("--domain", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The map's domain fit file where it is not beside the engine.")
 @user_errors
 def verify_cmd(map_path, engines_dir, domain):
-    """Check a bundle end to end (checksums, consistency, engine and domain fit, retrieval); exit 1 on any failure."""
+    """Check a bundle or map folder end to end (checksums, consistency, engine and domain fit, retrieval); exit 1 on any failure."""
     from segvlad_edge.runtime import verify
 
-    results = verify.verify_bundle(map_path, engines_dir, domain)
+    results = (verify.verify_folder(map_path, engines_dir) if map_path.is_dir()
+               else verify.verify_bundle(map_path, engines_dir, domain))
     for check, ok, detail in results:
         click.echo(f"{'ok  ' if ok else 'FAIL'} {check}: {detail}")
     failed = [c for c, ok, _ in results if not ok]

@@ -18,7 +18,6 @@ frame, a frame without segments, or an undecodable frame, which also has ``error
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.apps.explain import save_explanation
+from segvlad_edge.files import sha256_file
+from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME
 from segvlad_edge.runtime.steps.position import CANDIDATES
 from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
@@ -34,12 +35,10 @@ CONF = {"top": 5, "max_fps": 0.0, "filter": False, "save_vis": None}
 
 
 def map_ref(path: str | Path) -> dict:
-    """``{"file": name, "sha256": first 12 hex digits of the bundle file's sha256}``: which map answered."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return {"file": Path(path).name, "sha256": h.hexdigest()[:12]}
+    """``{"file": name, "sha256": first 12 hex digits of the bundle file's sha256}``: which map
+    answered (a map folder: its name and its tile index's sha256)."""
+    path = Path(path)
+    return {"file": path.name, "sha256": sha256_file(path / INDEX_NAME if path.is_dir() else path)[:12]}
 
 
 def filtered_position(localizer, belief: np.ndarray) -> dict | None:
@@ -73,7 +72,7 @@ def run_stream(localizer, source, sink, conf: dict | None = None, stop: threadin
     filt = SequenceFilter(len(localizer.names)) if conf["filter"] else None
     min_period = 1.0 / conf["max_fps"] if conf["max_fps"] else 0.0
     vis_dir = Path(conf["save_vis"]) if conf["save_vis"] else None
-    map_id = map_ref(localizer.bundle.path)
+    map_id = map_ref(localizer.path)
     stats, t_start, last = {"frames": 0, "errors": 0}, time.perf_counter(), 0.0
     for frame in source:
         if stop.is_set():

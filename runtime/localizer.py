@@ -49,23 +49,27 @@ class Answer:
     position: dict | None = None
 
 
-def engine_for_bundle(bundle: MapBundle, engines_dir=None, backend: str | None = None):
-    """The engine manifest whose feature signature the bundle was built with."""
-    sig = bundle.meta["engine"]
+def engine_for(sig: dict, where, engines_dir=None, backend: str | None = None):
+    """The engine manifest of the feature signature ``sig`` (a bundle's or tile index's ``engine``)."""
     folder = engines_dir or default_engines_dir()
     m = find_engine(folder, "dinov2", tuple(sig["input_size"]), backend)
     mine = m.feature_signature()
     theirs = {k: sig.get(k) for k in mine}
     if mine != theirs:
         diff = ", ".join(f"{k}: map {theirs[k]!r} vs engine {mine[k]!r}" for k in mine if mine[k] != theirs[k])
-        raise BundleError(f"{bundle.path}: built with another engine than {m.file} ({diff}); rebuild the map "
+        raise BundleError(f"{where}: built with another engine than {m.file} ({diff}); rebuild the map "
                           "or point --engines at the engines it was built with")
     return m
 
 
 class Localizer:
+    """A map bundle's localizer. What the answer path reads of the map goes through ``meta``
+    (engine, settings), ``hits``, ``image``, ``coder`` and ``map_codes``, which the tiled
+    localizer (runtime/tiled.py) provides over a map folder's tiles."""
+
     def __init__(self, bundle: MapBundle, pipeline: FramePipeline):
         self.bundle, self.pipeline = bundle, pipeline
+        self.path, self.meta = bundle.path, bundle.meta
         s = bundle.settings
         self.top_k, self.norm = s.top_k, s.norm
         self.index = open_index(bundle)         # stored in the bundle: read, not rebuilt
@@ -74,18 +78,22 @@ class Localizer:
         self.calib = bundle.arrays.get("calib_negatives")
         self.min_confidence = NO_MATCH_BELOW
         self.positions = MapPositions.from_images(bundle.images)
+        a = bundle.arrays
+        self.map_codes = a.get("verify_codes")          # [I, P, d] float16, memory-mapped
+        self.coder = PatchCoder(a["verify_mean"], a["verify_components"]) if self.map_codes is not None else None
 
     @classmethod
     def from_bundle(cls, path: str | Path, engines_dir=None, backend: str | None = None, providers=("cpu",),
                     threads: int | None = None, domain: Path | None = None) -> "Localizer":
         """``domain``: the map's domain fit file where it is not beside the engine."""
         bundle = MapBundle.read(path)
-        manifest = engine_for_bundle(bundle, engines_dir, backend)
+        manifest = engine_for(bundle.meta["engine"], bundle.path, engines_dir, backend)
         s, fit = bundle.settings, bundle.meta["fit"]
         if fit["source"] == "map":
             models = Models.from_arrays(bundle.arrays, s)
         else:
-            where = Path(domain) if domain else manifest.engine_path.parent / fit["file"]
+            beside = bundle.path.parent / fit["file"]           # a map folder's tile: its folder's fit
+            where = Path(domain) if domain else beside if beside.is_file() else manifest.engine_path.parent / fit["file"]
             found = load_domain(manifest, s, fit["sha256"], where)
             if found is None:
                 raise BundleError(f"{bundle.path}: built with the domain fit {fit['file']}, which is not in "
@@ -105,46 +113,55 @@ class Localizer:
         excluded = np.asarray(sorted(set(exclude_images or ())), np.int64)
         if len(excluded):
             k += int(self.bundle.arrays["segments_per_image"][excluded].sum())
-        ids, sims = self.index.search(desc, k, exact=exact)
+        ids, sims, segment_image = self.hits(desc, k, exact)
         if len(excluded):
-            drop = (ids >= 0) & np.isin(self.segment_image[np.maximum(ids, 0)], excluded)
+            drop = (ids >= 0) & np.isin(segment_image[np.maximum(ids, 0)], excluded)
             ids, sims = np.where(drop, -1, ids), np.where(drop, -np.inf, sims)
             order = np.argsort(-sims, axis=1, kind="stable")[:, :self.top_k]
             ids, sims = np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
         t1 = time.perf_counter()
-        r = rank(ids, sims, self.segment_image, len(self.names), top, self.norm)
+        r = rank(ids, sims, segment_image, len(self.names), top, self.norm)
         if ms is not None:
             ms["search"] = 1e3 * (t1 - t0)
             ms["rank"] = 1e3 * (time.perf_counter() - t1)
         return r
 
+    def hits(self, desc: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``desc [S, d]`` -> the top-``k`` map segments of each: ``ids [S, k] int64`` (-1: none),
+        ``sims [S, k] float32`` best first, and ``segment_image [N] int`` (map image of each id)."""
+        ids, sims = self.index.search(desc, k, exact=exact)
+        return ids, sims, self.segment_image
+
+    def image(self, i: int) -> dict:
+        """Map image ``i``'s table entry (``name``, optional ``meta``)."""
+        return self.bundle.images[i]
+
     def patch_codes(self, features: np.ndarray) -> np.ndarray | None:
         """A frame's patch ``features [P, C] float32`` -> ``[P, d] float16`` codes for verification
-        (None where the bundle has no verification data)."""
-        if "verify_codes" not in self.bundle.arrays:
-            return None
-        return PatchCoder(self.bundle.arrays["verify_mean"], self.bundle.arrays["verify_components"]).codes(features)
+        (None where the map has no verification data)."""
+        return None if self.coder is None else self.coder.codes(features)
 
     def verify(self, ranked: Ranked, codes: np.ndarray | None, top: int | None = None) -> Ranked:
         """Re-rank the first ``top`` (default: the settings' ``verify_top``) images of ``ranked`` by
         spatial verification of the frame's patch ``codes [P, d]`` (``patch_codes``) against theirs;
         unchanged where there are no codes or ``top`` is 0."""
-        s = self.bundle.meta["settings"]
+        s = self.meta["settings"]
         top = int(s.get("verify_top", 0)) if top is None else top
         if codes is None or top <= 0 or len(ranked.images) == 0:
             return ranked
-        checks = verify_shortlist(codes, self.bundle.arrays["verify_codes"], ranked.images[:top],
-                                  tuple(self.bundle.meta["engine"]["patch_grid"]), model=s["verify_model"],
+        checks = verify_shortlist(codes, self.map_codes, ranked.images[:top],
+                                  tuple(self.meta["engine"]["patch_grid"]), model=s["verify_model"],
                                   threshold=float(s["verify_threshold"]), min_sim=float(s["verify_min_sim"]))
         return rerank_by_inliers(ranked, checks, float(s.get("verify_gain", 1.0)))
 
     def answer(self, ranked: Ranked, ms: dict, segments: int, top: int, frame=None) -> Answer:
         entries = []
         for j, (i, score) in enumerate(zip(ranked.images[:top], ranked.scores[:top])):
-            entry = {"name": self.names[i], "score": round(float(score), 4), "index": int(i)}
+            img = self.image(int(i))
+            entry = {"name": img["name"], "score": round(float(score), 4), "index": int(i)}
             if ranked.inliers is not None and ranked.inliers[j] >= 0:
                 entry["inliers"] = int(ranked.inliers[j])        # verified: the shortlist is ordered by these
-            meta = self.bundle.images[i].get("meta")
+            meta = img.get("meta")
             if meta:
                 entry["meta"] = meta
             entries.append(entry)
@@ -165,7 +182,7 @@ class Localizer:
         if len(desc) == 0:
             return Answer([], [], {k: round(v, 2) for k, v in ms.items()}, 0, frame=frame)
         ranked = self.rank_descriptors(desc, max(top, RANK_DEPTH), exact, ms=ms)
-        if int(self.bundle.meta["settings"].get("verify_top", 0)) > 0 and "verify_codes" in self.bundle.arrays:
+        if int(self.meta["settings"].get("verify_top", 0)) > 0 and self.map_codes is not None:
             t0 = time.perf_counter()
             ranked = self.verify(ranked, self.patch_codes(frame.fmap.features))
             ms["verify"] = 1e3 * (time.perf_counter() - t0)

@@ -89,13 +89,19 @@ def remove_images(map_path: str | os.PathLike, names: list[str], out: str | os.P
     keep = np.array([n not in set(names) for n in have])
     if not keep.any():
         raise MapBuildError(f"{map_path}: removing every image would leave an empty map")
-    a = old.arrays
+    return _finish(old, *select_images(old, keep), out)[1]
+
+
+def select_images(bundle: MapBundle, keep: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """``keep [I] bool`` -> the kept images' table entries and the bundle's arrays with only their
+    rows (descriptors, segment table, label maps, verification codes); other arrays as they are."""
+    a = bundle.arrays
     seg_keep = np.repeat(keep, a["segments_per_image"])
     arrays = {**a, "descriptors": np.asarray(a["descriptors"])[seg_keep],
               "segments_per_image": a["segments_per_image"][keep], "segment_labels": a["segment_labels"][keep]}
     if "verify_codes" in a:
         arrays["verify_codes"] = np.asarray(a["verify_codes"])[keep]
-    return _finish(old, [img for img, k in zip(old.images, keep) if k], arrays, out)[1]
+    return [img for img, k in zip(bundle.images, keep) if k], arrays
 
 
 def _work_folder(out: Path) -> Path:

@@ -54,3 +54,29 @@ def verify_bundle(path: str | Path, engines_dir=None, domain: Path | None = None
     where = "stored in the bundle" if bundle.meta.get("index") else "built at load"
     results.append(("index", ok, f"{kind}: {found}/{len(sample)} sampled map images find themselves first ({where})"))
     return results
+
+
+def verify_folder(folder: str | Path, engines_dir=None) -> list[tuple[str, bool, str]]:
+    """A map folder (runtime/mapfiles/tiles.py): its tile index, then each tile as ``verify_bundle``
+    checks a bundle (on the folder's shared fit), after its sha256 against the index."""
+    from segvlad_edge.files import sha256_file
+    from segvlad_edge.runtime.mapfiles.tiles import read_index
+
+    folder = Path(folder)
+    try:
+        doc = read_index(folder)
+    except SegvladError as e:
+        return [("tile index", False, str(e))]
+    results = [("tile index", True, f"{len(doc['tiles'])} tiles of {doc['tile_m']:g} m, {doc['images']} images, "
+                                    "checksum and schema ok")]
+    fit = folder / doc["fit"]["file"]
+    fit_ok = fit.is_file() and sha256_file(fit) == doc["fit"]["sha256"]
+    results.append(("shared fit", fit_ok, doc["fit"]["file"] + (" matches the index" if fit_ok else
+                                                                 " is missing or differs from the index")))
+    for t in doc["tiles"]:
+        path = folder / t["file"]
+        if not path.is_file() or sha256_file(path) != t["sha256"]:
+            results.append((t["file"], False, "missing, or its sha256 differs from the tile index's"))
+            continue
+        results += [(f"{t['file']} {check}", ok, detail) for check, ok, detail in verify_bundle(path, engines_dir, fit)]
+    return results

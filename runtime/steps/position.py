@@ -72,12 +72,11 @@ class MapPositions:
         over a pose, a pose over UTM, per map (one frame for all images)."""
         metas = [img.get("meta") or {} for img in images]
         for kind, key, width in (("gps", "gps", 2), ("local", "pose", 3), ("local", "utm", 2)):
-            rows = [_numbers(m.get(key), width) for m in metas]
-            if any(r is not None for r in rows):
+            if any(_numbers(m.get(key), width) is not None for m in metas):
                 break
         else:
             return None
-        full = np.array([(r + [math.nan] * 3)[:3] if r is not None else [math.nan] * 3 for r in rows], np.float64)
+        full = _table(metas, key, width)
         if key == "utm":
             full[:, 2] = [_height(m) for m in metas]
         origin = (0.0, 0.0)
@@ -87,6 +86,13 @@ class MapPositions:
             origin = (float(xy[known, 0].mean()), float(xy[known, 1].mean()))
             xy = to_plane(xy, origin)
         return cls(kind, xy, full[:, 2], origin, _spacing(xy))
+
+    def fill(self, start: int, images: list[dict]) -> None:
+        """Set the rows of map images ``start, start + 1, ...`` from ``images``' GPS (a GPS map whose
+        frame, origin and spacing are known, e.g. a map folder's, whose tiles load one by one)."""
+        full = _table([img.get("meta") or {} for img in images], "gps", 2)
+        self.xy[start:start + len(images)] = to_plane(full[:, :2], self.origin)
+        self.z[start:start + len(images)] = full[:, 2]
 
     @property
     def agree_m(self) -> float:
@@ -136,6 +142,12 @@ def from_plane(en: np.ndarray, origin: tuple[float, float]) -> np.ndarray:
     lat = lat0 + np.degrees(en[:, 1] / EARTH_RADIUS_M)
     lon = lon0 + np.degrees(en[:, 0] / (EARTH_RADIUS_M * math.cos(math.radians(lat0))))
     return np.stack([lat, lon], 1)
+
+
+def _table(metas: list[dict], key: str, width: int) -> np.ndarray:
+    """``[I, 3] float64``: the first three numbers of each ``meta[key]`` (NaN where missing or short)."""
+    rows = [_numbers(m.get(key), width) for m in metas]
+    return np.array([(r + [math.nan] * 3)[:3] if r is not None else [math.nan] * 3 for r in rows], np.float64)
 
 
 def _numbers(value, width: int) -> list[float] | None:

@@ -1,0 +1,231 @@
+"""Map folders (build-map --tile-m): tiles on one shared fit answer exactly as the single bundle
+they were split from; --near loads only the tiles around a point; a tampered tile index, tile or
+fit is refused with one line; images without a position are refused before any work."""
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SPACING_M = 50.0            # map image i lies i * 50 m north of 45 N, 9 E: 111 images over 5.5 km
+TILE_M = 1003.0            # tiles of images 0-20, 21-40, ..., 101-110 (no image on a tile edge)
+
+
+def lat_of(i: float) -> float:
+    from segvlad_edge.runtime.steps.position import EARTH_RADIUS_M
+
+    return 45 + math.degrees(i * SPACING_M / EARTH_RADIUS_M)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", *map(str, args)], capture_output=True,
+                          text=True)
+
+
+@pytest.fixture(scope="module")
+def maps(corridor_bundle, engines_dir, tmp_path_factory):
+    """The corridor map with GPS positions 50 m apart (one bundle) and the same map split into 1 km tiles."""
+    from segvlad_edge.runtime.localizer import Localizer
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.tiling import split_map
+
+    tmp = tmp_path_factory.mktemp("tiles")
+    b = MapBundle.read(corridor_bundle)
+    for i, img in enumerate(b.images):
+        img["meta"] = {"gps": [lat_of(i), 9.0, 100.0 + i]}
+    single = tmp / "single.segmap"
+    b.write(single)
+    loc = Localizer.from_bundle(single, engines_dir)
+    doc = split_map(MapBundle.read(single), loc.pipeline, tmp / "folder", TILE_M)
+    return {"tmp": tmp, "single": single, "folder": tmp / "folder", "doc": doc, "loc": loc}
+
+
+def test_folder_layout_and_index(maps):
+    from segvlad_edge.runtime.mapfiles.tiles import read_index
+
+    doc, folder = maps["doc"], maps["folder"]
+    assert read_index(folder) == doc
+    assert len(doc["tiles"]) == 6 and doc["images"] == 111 and [t["images"] for t in doc["tiles"]] == [21] + [20] * 4 + [10]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["tiles.json", "fit.domain"] + [t["file"] for t in doc["tiles"]])
+    assert not [p for p in maps["tmp"].iterdir() if p.name.startswith(".folder")]     # no temporary folder left
+    lat0, _, lat1, _ = doc["tiles"][0]["bbox"]
+    assert lat0 == pytest.approx(lat_of(0)) and lat1 == pytest.approx(lat_of(20))
+    # the tiles hold no vocabulary/PCA of their own: the 6 MiB fit is stored once, in fit.domain
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    tile = MapBundle.read(folder / doc["tiles"][0]["file"])
+    assert tile.meta["fit"]["source"] == "domain" and "pca_components" not in tile.arrays
+
+
+def test_all_tiles_answer_like_the_single_bundle(maps, datasets, engines_dir):
+    from segvlad_edge.runtime.inputs.images import load_image
+    from segvlad_edge.runtime.tiled import TiledLocalizer
+
+    single = maps["loc"]
+    tiled = TiledLocalizer.open(maps["folder"], engines_dir)
+    b = single.bundle
+    offsets = b.segment_offsets
+    for i in (0, 37, 64, 110):                         # map images' own descriptors
+        q = np.asarray(b.arrays["descriptors"][offsets[i]:offsets[i + 1]])
+        ra, rb = single.rank_descriptors(q, 10, exact=True), tiled.rank_descriptors(q, 10, exact=True)
+        assert [single.names[j] for j in ra.images] == [tiled.names[j] for j in rb.images]
+        np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-6)
+        assert ra.match_sim == pytest.approx(rb.match_sim, rel=1e-6)
+    confident = 0
+    for path in sorted((datasets / "corridor" / "query").iterdir())[::14]:      # real frames, verified, positioned
+        image = load_image(path)
+        # exact search: the stored HNSW graphs are approximate (the tiles' smaller graphs miss fewer neighbours)
+        a, t = single.localize(image, exact=True), tiled.localize(image, exact=True)
+        strip = lambda top: [{k: v for k, v in e.items() if k != "index"} for e in top]  # noqa: E731
+        assert strip(a.top) == strip(t.top) and a.confidence == t.confidence and a.position == t.position
+        assert (a.match or {}).get("name") == (t.match or {}).get("name")
+        confident += a.match is not None
+    assert confident >= 3 and len(tiled.loaded) == 6
+
+
+def test_near_loads_only_the_tiles_around_the_point(maps, datasets, engines_dir):
+    from segvlad_edge.runtime.inputs.images import load_image
+    from segvlad_edge.runtime.tiled import TiledLocalizer
+
+    tiled = TiledLocalizer.open(maps["folder"], engines_dir, near=(lat_of(70), 9.0, 300.0), follow=True)
+    assert tiled.selected() == [3] and not tiled.loaded        # nothing is read before the first frame
+    query = datasets / "corridor" / "query"
+    ans = tiled.localize(load_image(sorted(query.iterdir())[70]))
+    assert list(tiled.loaded) == [3]
+    assert all(61 <= int(e["name"][:7]) <= 80 for e in ans.top)  # every candidate from tile 3 (images 61-80)
+    assert ans.match is not None and tiled.region[:2] == (ans.position["lat"], ans.position["lon"])
+    wide = TiledLocalizer.open(maps["folder"], engines_dir, near=(lat_of(79), 9.0, 300.0))
+    assert wide.selected() == [3, 4]                           # within 300 m of the tile boundary: both tiles
+    far = TiledLocalizer.open(maps["folder"], engines_dir, near=(10.0, 10.0, 500.0))
+    assert far.localize(load_image(sorted(query.iterdir())[5])).match is None and not far.loaded
+
+
+def test_lru_keeps_a_few_tiles(maps, engines_dir):
+    from segvlad_edge.runtime.tiled import TiledLocalizer
+
+    tiled = TiledLocalizer.open(maps["folder"], engines_dir)
+    tiled.capacity = 2
+    desc = np.asarray(maps["loc"].bundle.arrays["descriptors"][:5])
+    for lat in (lat_of(5), lat_of(45), lat_of(90)):
+        tiled.region = (lat, 9.0, 100.0)
+        tiled.rank_descriptors(desc)
+    assert list(tiled.loaded) == [2, 4]
+
+
+def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
+    from segvlad_edge.runtime.mapfiles.tiles import TileIndexError, read_index
+    from segvlad_edge.runtime.tiled import TiledLocalizer
+
+    folder = tmp_path / "copy"
+    shutil.copytree(maps["folder"], folder)
+    index = folder / "tiles.json"
+    doc = json.loads(index.read_text())
+    doc["tiles"][0]["bbox"][0] -= 1.0                   # moved a tile without resealing the index
+    index.write_text(json.dumps(doc))
+    with pytest.raises(TileIndexError, match="checksum mismatch"):
+        read_index(folder)
+    r = cli("localize", "--map", folder, "--images", folder, "--engines", engines_dir)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "checksum mismatch" in r.stderr
+    r = cli("verify", folder, "--engines", engines_dir)
+    assert r.returncode == 1 and "FAIL tile index" in r.stdout
+    shutil.copy(maps["folder"] / "tiles.json", index)
+    tile = folder / doc["tiles"][2]["file"]
+    data = bytearray(tile.read_bytes())
+    data[-10] ^= 1
+    tile.write_bytes(bytes(data))
+    tiled = TiledLocalizer.open(folder, engines_dir)
+    with pytest.raises(TileIndexError, match="sha256 differs"):
+        tiled.rank_descriptors(np.asarray(maps["loc"].bundle.arrays["descriptors"][:3]))
+    r = cli("verify", folder, "--engines", engines_dir)
+    assert r.returncode == 1 and f"FAIL {doc['tiles'][2]['file']}" in r.stdout and "FAIL tile" not in r.stdout.replace(
+        f"FAIL {doc['tiles'][2]['file']}", "")
+    shutil.copy(maps["folder"] / doc["tiles"][2]["file"], tile)
+    (folder / "fit.domain").write_bytes((folder / "fit.domain").read_bytes()[:-1])
+    with pytest.raises(TileIndexError, match="shared fit"):
+        TiledLocalizer.open(folder, engines_dir)
+    doc = read_index(maps["folder"])
+    doc["version"] = 2
+    from segvlad_edge.runtime.mapfiles.tiles import checksum
+    doc["checksum"] = checksum(doc)
+    index.write_text(json.dumps(doc))
+    with pytest.raises(TileIndexError, match="newer than"):
+        read_index(folder)
+
+
+def test_positions_are_required_and_outputs_are_safe(maps, corridor_bundle, datasets, tmp_path):
+    from segvlad_edge.runtime.localizer import Localizer
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.mapping import MapBuildError
+    from segvlad_edge.runtime.tiling import split_map
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((datasets / "corridor" / "ref").iterdir())[:3]:
+        (images / p.name).symlink_to(p)
+    r = cli("build-map", images, "-o", tmp_path / "out", "--tile-m", "100")     # refused before the engine is opened
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "needs a lat/lon position for every image; 3 of 3" in r.stderr
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(MapBuildError, match="needs a lat/lon position"):
+        split_map(MapBundle.read(corridor_bundle), maps["loc"].pipeline, tmp_path / "f", TILE_M)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    from segvlad_edge.errors import FileSafetyError
+    with pytest.raises(FileSafetyError, match="not empty"):
+        split_map(MapBundle.read(maps["single"]), maps["loc"].pipeline, busy, TILE_M)
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+    assert Localizer  # the single bundle stays usable as before
+
+
+def test_killed_split_leaves_no_folder(maps, monkeypatch, tmp_path):
+    from segvlad_edge.runtime import tiling
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+
+    calls = []
+
+    def dies(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    real = tiling._write_tile
+    monkeypatch.setattr(tiling, "_write_tile", dies)
+    with pytest.raises(KeyboardInterrupt):
+        tiling.split_map(MapBundle.read(maps["single"]), maps["loc"].pipeline, tmp_path / "out", TILE_M)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_map_tile_m_and_localize_near_end_to_end(datasets, engines_dir, tmp_path):
+    images, queries = tmp_path / "images", tmp_path / "queries"
+    images.mkdir()
+    queries.mkdir()
+    ref = sorted((datasets / "corridor" / "ref").iterdir())[:60:5]            # 12 map images 250 m apart: tiles of 3, 2 x 4, 1
+    rows = ["name,lat,lon"]
+    for i, p in enumerate(ref):
+        (images / p.name).symlink_to(p)
+        rows.append(f"{p.name},{lat_of(5 * i):.8f},9.0")
+    (tmp_path / "poses.csv").write_text("\n".join(rows) + "\n")
+    for p in sorted((datasets / "corridor" / "query").iterdir())[:2]:
+        (queries / p.name).symlink_to(p)
+    out = tmp_path / "site"
+    r = cli("build-map", images, "-o", out, "--tile-m", "510", "--metadata", tmp_path / "poses.csv", "--fit", "map",
+            "--engines", engines_dir, "--quiet", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    assert "12 images" in r.stdout and "6 tiles of 510 m" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "poses.csv", "queries", "site"]
+    r = cli("verify", out, "--engines", engines_dir)
+    assert r.returncode == 0 and "FAIL" not in r.stdout and r.stdout.count("ok  ") == 2 + 6 * 5, r.stdout
+    r = cli("localize", "--map", out, "--near", f"{lat_of(0)},9.0,100", "--images", queries, "--engines", engines_dir,
+            "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(recs) == 2 and all(rec["map"]["file"] == "site" and rec["schema"] == "segvlad-edge/localize/1"
+                                  for rec in recs)
+    assert {e["name"] for rec in recs for e in rec["top"]} <= {p.name for p in ref[:3]}   # tile 0 only
+    r = cli("localize", "--map", out, "--near", "91,9", "--images", queries, "--engines", engines_dir)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--near" in r.stderr
+    r = cli("build-map", images, "-o", out, "--tile-m", "500", "--metadata", tmp_path / "poses.csv",
+            "--engines", engines_dir, "--quiet")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not an empty folder" in r.stderr
