@@ -561,14 +561,17 @@ def _eval_map(map_path, query_dirs, metadata_csv, engines_dir, domain, threads, 
 
 
 @cli.command("inspect")
-@click.argument("map_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("map_path", type=click.Path(path_type=Path))
 @user_errors
 def inspect_cmd(map_path):
-    """Print what a map bundle holds."""
+    """Print what a map bundle or map folder holds."""
     import numpy as np
 
     from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 
+    if map_path.is_dir():
+        _inspect_folder(map_path)
+        return
     b = MapBundle.read(map_path)
     m = b.meta
     size = os.path.getsize(map_path)
@@ -596,6 +599,22 @@ def inspect_cmd(map_path):
                    f"{b.arrays['verify_codes'][0].nbytes / 1024:.1f} KiB/image memory-mapped")
     for name, a in b.arrays.items():
         click.echo(f"  {name:20s} {a.dtype.name:8s} {'x'.join(map(str, a.shape)):>14s}  {a.nbytes / 1024:9.1f} KiB")
+
+
+def _inspect_folder(folder: Path) -> None:
+    """``inspect`` of a map folder: its tile index, one line per tile."""
+    from segvlad_edge.runtime.mapfiles.tiles import read_index
+
+    doc = read_index(folder)
+    click.echo(f"{folder}: segvlad-edge map folder, version {doc['version']}, created {doc['created']} by "
+               f"{doc['created_by']}")
+    click.echo(f"  images {doc['images']} in {len(doc['tiles'])} tiles of {doc['tile_m']:g} m; shared fit "
+               f"{doc['fit']['file']} (sha256 {doc['fit']['models_sha256'][:12]}), "
+               f"{(folder / doc['fit']['file']).stat().st_size / 1024:.1f} KiB")
+    for t in doc["tiles"]:
+        lat0, lon0, lat1, lon1 = t["bbox"]
+        click.echo(f"  {t['file']:28s} {t['images']:7d} images  lat {lat0:.6f}..{lat1:.6f}  lon {lon0:.6f}..{lon1:.6f}  "
+                   f"{(folder / t['file']).stat().st_size / 1024:9.1f} KiB")
 
 
 def _metadata_summary(images: list[dict]) -> str:

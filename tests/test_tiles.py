@@ -145,13 +145,17 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
     (folder / "fit.domain").write_bytes((folder / "fit.domain").read_bytes()[:-1])
     with pytest.raises(TileIndexError, match="shared fit"):
         TiledLocalizer.open(folder, engines_dir)
-    doc = read_index(maps["folder"])
-    doc["version"] = 2
     from segvlad_edge.runtime.mapfiles.tiles import checksum
-    doc["checksum"] = checksum(doc)
-    index.write_text(json.dumps(doc))
-    with pytest.raises(TileIndexError, match="newer than"):
-        read_index(folder)
+    for field, value, message in (("version", 2, "newer than"), ("images", -3, "images: -3 is below 1"),
+                                  ("tile_m", "far", "tile_m: 'far' is not a number"),
+                                  ("calib_negatives", [0.5, 0.2], "not sorted")):
+        doc = {**read_index(maps["folder"]), field: value}
+        doc["checksum"] = checksum(doc)                  # re-sealed lies: the schema still refuses them
+        index.write_text(json.dumps(doc))
+        with pytest.raises(TileIndexError, match=message):
+            read_index(folder)
+    r = cli("inspect", maps["folder"])
+    assert r.returncode == 0 and "111 in 6 tiles of 1003 m" in r.stdout and r.stdout.count("tile_e") == 6
 
 
 def test_positions_are_required_and_outputs_are_safe(maps, corridor_bundle, datasets, tmp_path):
