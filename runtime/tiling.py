@@ -75,7 +75,7 @@ def build_tiled_map(images: list[tuple[str, Path]], out: str | os.PathLike, pipe
     stage = out.parent / f".{out.name}.tiling"
     stage.mkdir(exist_ok=True)
     whole = stage / "whole.segmap"
-    summary = build_map(images, whole, pipeline, metadata, **build)
+    summary = build_map(images, whole, pipeline, metadata, **{**build, "keep_work": True})   # a rerun resumes
     index = split_map(MapBundle.read(whole), pipeline.with_models(summary.models), out, tile_m)
     if not build.get("keep_work"):
         shutil.rmtree(stage, ignore_errors=True)

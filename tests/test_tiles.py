@@ -43,7 +43,7 @@ def maps(corridor_bundle, engines_dir, tmp_path_factory):
     return {"tmp": tmp, "single": single, "folder": tmp / "folder", "doc": doc, "loc": loc}
 
 
-def test_folder_layout_and_index(maps):
+def test_folder_layout_and_index(maps, engines_dir):
     from segvlad_edge.runtime.mapfiles.tiles import read_index
 
     doc, folder = maps["doc"], maps["folder"]
@@ -57,6 +57,9 @@ def test_folder_layout_and_index(maps):
     from segvlad_edge.runtime.mapfiles.bundle import MapBundle
     tile = MapBundle.read(folder / doc["tiles"][0]["file"])
     assert tile.meta["fit"]["source"] == "domain" and "pca_components" not in tile.arrays
+    from segvlad_edge.runtime.localizer import Localizer
+    alone = Localizer.from_bundle(folder / doc["tiles"][1]["file"], engines_dir)   # finds fit.domain beside it
+    assert len(alone.names) == 20 and alone.names[0] == maps["loc"].names[21]
 
 
 def test_all_tiles_answer_like_the_single_bundle(maps, datasets, engines_dir):
