@@ -98,7 +98,12 @@ def test_near_loads_only_the_tiles_around_the_point(maps, datasets, engines_dir)
     ans = tiled.localize(load_image(sorted(query.iterdir())[70]))
     assert list(tiled.loaded) == [3]
     assert all(61 <= int(e["name"][:7]) <= 80 for e in ans.top)  # every candidate from tile 3 (images 61-80)
-    assert ans.match is not None and tiled.region[:2] == (ans.position["lat"], ans.position["lon"])
+    assert ans.match is not None and tiled.region == (ans.position["lat"], ans.position["lon"], 300.0)
+    blank = np.zeros((168, 224, 3), np.uint8)          # frames without a confident match: after 3, back to --near
+    for n in range(3):
+        assert tiled.region != tiled.start
+        tiled.localize(blank)
+    assert tiled.region == tiled.start
     wide = TiledLocalizer.open(maps["folder"], engines_dir, near=(lat_of(79), 9.0, 300.0))
     assert wide.selected() == [3, 4]                           # within 300 m of the tile boundary: both tiles
     far = TiledLocalizer.open(maps["folder"], engines_dir, near=(10.0, 10.0, 500.0))
