@@ -199,7 +199,12 @@ class _Names:
         return int(self.loc.first[-1])
 
     def __getitem__(self, i: int) -> str:
+        if not 0 <= int(i) < len(self):
+            raise IndexError(i)
         return self.loc.image(int(i))["name"]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 class _Codes:
