@@ -32,6 +32,7 @@ from segvlad_edge.errors import printable
 from segvlad_edge.files import atomic_write, read_regular
 from segvlad_edge.runtime.mapfiles.bundle import ENGINE, HEX64, MAX_IMAGES, BundleError
 from segvlad_edge.runtime.settings import Settings
+from segvlad_edge.runtime.steps.position import to_plane
 from segvlad_edge.schema import FILE_NAME, Bool, Float, Int, Json, List, Obj, SchemaError, Str
 
 INDEX_NAME = "tiles.json"
@@ -131,8 +132,6 @@ def bbox_distance_m(bboxes: np.ndarray, lat: float, lon: float) -> np.ndarray:
     """``bboxes [T, 4]`` ([lat_min, lon_min, lat_max, lon_max] degrees) -> ``[T] float64`` metres from
     the point (``lat``, ``lon``) to each box's nearest point (0 inside), on the tangent plane at
     the point (exact to centimetres over a few km)."""
-    from segvlad_edge.runtime.steps.position import to_plane
-
     b = np.asarray(bboxes, np.float64).reshape(-1, 4)
     near = np.stack([np.clip(lat, b[:, 0], b[:, 2]), np.clip(lon, b[:, 1], b[:, 3])], 1)
     return np.linalg.norm(to_plane(near, (lat, lon)), axis=1)
