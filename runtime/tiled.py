@@ -34,7 +34,7 @@ from segvlad_edge.runtime.pipeline import FramePipeline, make_pipeline
 from segvlad_edge.runtime.settings import Settings
 from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW
 from segvlad_edge.runtime.steps.index import SegmentIndex, open_index
-from segvlad_edge.runtime.steps.position import MapPositions
+from segvlad_edge.runtime.steps.position import MapPositions, latlon_of
 from segvlad_edge.runtime.steps.verification import PatchCoder
 
 DEFAULT_NEAR_M = 500.0
@@ -137,6 +137,11 @@ class TiledLocalizer(Localizer):
             elif not (np.array_equal(coder.mean, self.coder.mean)
                       and np.array_equal(coder.components, self.coder.components)):
                 raise TileIndexError(f"{path}: its verification coder differs from the other tiles'")
+        gps = latlon_of(b.images)
+        lat0, lon0, lat1, lon1 = rec["bbox"]
+        if not (np.isfinite(gps).all() and (gps[:, 0] >= lat0).all() and (gps[:, 0] <= lat1).all()
+                and (gps[:, 1] >= lon0).all() and (gps[:, 1] <= lon1).all()):
+            raise TileIndexError(f"{path}: its images' positions lie outside the tile index's bounding box")
         self.positions.fill(int(self.first[t]), b.images)
         index = open_index(b)
         index.prepare()

@@ -150,10 +150,19 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
     assert r.returncode == 1 and f"FAIL {doc['tiles'][2]['file']}" in r.stdout and "FAIL tile" not in r.stdout.replace(
         f"FAIL {doc['tiles'][2]['file']}", "")
     shutil.copy(maps["folder"] / doc["tiles"][2]["file"], tile)
-    (folder / "fit.domain").write_bytes((folder / "fit.domain").read_bytes()[:-1])
+    fit = (folder / "fit.domain").read_bytes()
+    (folder / "fit.domain").write_bytes(fit[:-1])
     with pytest.raises(TileIndexError, match="shared fit"):
         TiledLocalizer.open(folder, engines_dir)
+    (folder / "fit.domain").write_bytes(fit)
     from segvlad_edge.runtime.mapfiles.tiles import checksum
+    from segvlad_edge.runtime.mapfiles.tiles import checksum
+    doc = read_index(maps["folder"])
+    doc["tiles"][0]["bbox"] = doc["tiles"][1]["bbox"]      # re-sealed: tile 0 claims tile 1's place
+    doc["checksum"] = checksum(doc)
+    index.write_text(json.dumps(doc))
+    with pytest.raises(TileIndexError, match="outside the tile index's bounding box"):
+        TiledLocalizer.open(folder, engines_dir).rank_descriptors(np.asarray(maps["loc"].bundle.arrays["descriptors"][:3]))
     for field, value, message in (("version", 2, "newer than"), ("images", -3, "images: -3 is below 1"),
                                   ("tile_m", "far", "tile_m: 'far' is not a number"),
                                   ("calib_negatives", [0.5, 0.2], "not sorted")):

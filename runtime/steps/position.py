@@ -144,6 +144,11 @@ def from_plane(en: np.ndarray, origin: tuple[float, float]) -> np.ndarray:
     return np.stack([lat, lon], 1)
 
 
+def latlon_of(images: list[dict]) -> np.ndarray:
+    """``[I, 2] float64``: (lat, lon) degrees of each image's ``meta.gps`` (NaN where it has none)."""
+    return _table([img.get("meta") or {} for img in images], "gps", 2)[:, :2]
+
+
 def _table(metas: list[dict], key: str, width: int) -> np.ndarray:
     """``[I, 3] float64``: the first three numbers of each ``meta[key]`` (NaN where missing or short)."""
     rows = [_numbers(m.get(key), width) for m in metas]
