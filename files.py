@@ -5,9 +5,9 @@
   file is removed, so a half-written file never exists under the target's name. Before writing,
   :func:`check_output` refuses a target that is an input of the same command or an existing
   non-regular file (a folder, FIFO, socket or device such as ``/dev/null``).
-* Output folders (a tiled map): :func:`atomic_folder` fills a temporary folder beside the target
-  and renames it into place, so a killed write never leaves a half-written folder under its name.
 * Inputs: :func:`open_regular` opens regular files only, without blocking on a FIFO.
+* Output folders (a map folder of tiles): :func:`atomic_folder` fills a temporary folder beside
+  the target and renames it into place, so a killed write never leaves a half-written folder.
 
 This module sits below every layer (apps -> export -> calib -> runtime -> engines -> here).
 """

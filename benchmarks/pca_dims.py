@@ -27,7 +27,7 @@ from benchmarks.compare import DEPTH, SETS, boot_ci, run_variant
 from benchmarks.featcache import DEFAULT_CACHE, cached_features
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.inputs.datasets import load_dataset
-from segvlad_edge.runtime.pipeline import CONFS
+from segvlad_edge.runtime.settings import CONFS
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 
 

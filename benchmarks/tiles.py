@@ -34,7 +34,7 @@ from segvlad_edge.runtime.inputs.datasets import load_dataset
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 from segvlad_edge.runtime.mapfiles.tiles import read_index
-from segvlad_edge.runtime.pipeline import CONFS
+from segvlad_edge.runtime.settings import CONFS
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.steps.position import EARTH_RADIUS_M
 from segvlad_edge.runtime.tiled import TiledLocalizer
