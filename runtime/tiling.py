@@ -61,10 +61,11 @@ def tile_keys(latlon: np.ndarray, origin: tuple[float, float], tile_m: float) ->
 
 
 def build_tiled_map(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline, tile_m: float,
-                    metadata: dict[str, dict] | None = None, **build: object) -> tuple[BuildSummary, dict]:
+                    metadata: dict[str, dict] | None = None, index_kind: str = "auto",
+                    **build: object) -> tuple[BuildSummary, dict]:
     """``build_map``'s arguments (``build``: fit, domain, keep_work, progress, images_root, inputs,
-    ray) plus ``tile_m`` -> (the whole map's build summary, the tile index). ``out``: a new folder
-    (or an empty one)."""
+    ray) plus ``tile_m`` and the tiles' ``index_kind`` (runtime/steps/index.py) -> (the whole map's
+    build summary, the tile index). ``out``: a new folder (or an empty one)."""
     out = Path(out)
     metadata = metadata or {}
     check_positions([n for n, _ in images], metadata)
@@ -76,15 +77,17 @@ def build_tiled_map(images: list[tuple[str, Path]], out: str | os.PathLike, pipe
     stage.mkdir(exist_ok=True)
     whole = stage / "whole.segmap"
     summary = build_map(images, whole, pipeline, metadata, **{**build, "keep_work": True})   # a rerun resumes
-    index = split_map(MapBundle.read(whole), pipeline.with_models(summary.models), out, tile_m)
+    index = split_map(MapBundle.read(whole), pipeline.with_models(summary.models), out, tile_m, index_kind)
     if not build.get("keep_work"):
         shutil.rmtree(stage, ignore_errors=True)
     return summary, index
 
 
-def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike, tile_m: float) -> dict:
+def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike, tile_m: float,
+              index_kind: str = "auto") -> dict:
     """Split ``bundle`` (every image with a GPS position) into the map folder ``out``;
-    ``pipeline``: the bundle's engine, settings and models. Returns the tile index written."""
+    ``pipeline``: the bundle's engine, settings and models; ``index_kind``: each tile's search
+    index (``store_index``). Returns the tile index written."""
     names = [img["name"] for img in bundle.images]
     check_positions(names, {img["name"]: img.get("meta") for img in bundle.images})
     positions = MapPositions.from_images(bundle.images)
@@ -103,7 +106,7 @@ def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike
             keep = np.zeros(len(names), bool)
             keep[groups[key]] = True
             path = tmp / f"tile_e{key[0]:04d}_n{key[1]:04d}.segmap"
-            _write_tile(bundle, keep, fit_ref, path)
+            _write_tile(bundle, keep, fit_ref, path, index_kind)
             tiles.append({"file": path.name, "sha256": sha256_file(path), "images": int(keep.sum()),
                           "bbox": bbox_of(latlon[keep]), "fit_sha256": fit_ref["sha256"]})
         doc = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION, "created_by": f"segvlad-edge {__version__}",
@@ -117,7 +120,7 @@ def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike
     return doc
 
 
-def _write_tile(bundle: MapBundle, keep: np.ndarray, fit_ref: dict, path: Path) -> None:
+def _write_tile(bundle: MapBundle, keep: np.ndarray, fit_ref: dict, path: Path, index_kind: str) -> None:
     """The kept images as a bundle on the shared fit (no vocabulary/PCA of its own), with its own
     search index and the whole map's verification coder (the calibration is in the tile index)."""
     images, arrays = select_images(bundle, keep)
@@ -125,5 +128,5 @@ def _write_tile(bundle: MapBundle, keep: np.ndarray, fit_ref: dict, path: Path) 
               if not k.startswith("index_") and k not in ("vocab_centers", "pca_mean", "pca_components", "pca_scale",
                                                           "calib_negatives")}
     tile = MapBundle({**bundle.meta, "images": images, "fit": fit_ref}, arrays)
-    store_index(tile)
+    store_index(tile, index_kind)
     tile.write(path)
