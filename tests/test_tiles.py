@@ -248,3 +248,14 @@ def test_build_map_tile_m_and_localize_near_end_to_end(datasets, engines_dir, tm
     r = cli("build-map", images, "-o", out, "--tile-m", "500", "--metadata", tmp_path / "poses.csv",
             "--engines", engines_dir, "--quiet")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not an empty folder" in r.stderr
+
+
+def test_map_argument_errors_are_one_line(maps, tmp_path):
+    r = cli("localize", "--map", tmp_path, "--images", tmp_path)                      # a folder that is no map folder
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "without tiles.json" in r.stderr
+    r = cli("localize", "--map", maps["single"], "--near", "45,9", "--images", tmp_path)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--near selects the tiles of a map folder" in r.stderr
+    r = cli("localize", "--map", maps["folder"], "--save-vis", tmp_path / "vis", "--images", tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--save-vis needs a map bundle" in r.stderr
+    r = cli("build-map", tmp_path, "--add", maps["single"], "--tile-m", "100")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--tile-m writes a new map folder" in r.stderr
