@@ -49,7 +49,7 @@ def main():
         for d in a.dims:
             t0 = time.perf_counter()
             conf = {**CONFS["segvlad"], "pca_dims": d}
-            res = [run_variant(ds, feats, conf, seed, DEPTH, ext) for seed in range(a.seeds)]
+            res = run_variant(ds, feats, conf, range(a.seeds), DEPTH, ext)
             for k in (0, DEPTH):
                 first[(s, d, k)] = np.stack([r["first"][k] for r in res])
             sizes[(s, d)] = res[0]["desc_kib"]
