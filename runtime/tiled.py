@@ -4,8 +4,7 @@ It is the Localizer (runtime/localizer.py) with the map read through tiles: the 
 once from the folder's shared fit; per frame the selected tiles are searched, each for its
 top-K' segments per query segment, and the hits are merged by similarity into the global top-K'
 before the one ranking (runtime/steps/ranking.py) votes (tiles under EXACT_BELOW segments are
-searched exactly: measured cheaper than their HNSW graph, 0.4 against 2 ms at 400 segments,
-``benchmarks/tiles.py``). Every segment of the global top-K' is
+searched exactly, which is cheaper than going through their small HNSW graphs). Every segment of the global top-K' is
 in its own tile's top-K', so with all tiles selected the hits, ranking, verification,
 confidence and position equal those of the single bundle the folder was split from (exact
 search; the tiles' HNSW graphs are approximate as the bundle's is).
