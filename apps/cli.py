@@ -166,7 +166,8 @@ def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, thread
     engine of ``size`` (or on ``extractor``, an engine session already open)."""
     import dataclasses
 
-    from segvlad_edge.runtime.pipeline import CONFS, make_pipeline
+    from segvlad_edge.runtime.pipeline import make_pipeline
+    from segvlad_edge.runtime.settings import CONFS
 
     overrides = {k: v for k, v in {"order": order, "segmenter": segmenter}.items() if v is not None}
     if pca_dims is not None:

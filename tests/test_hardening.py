@@ -218,7 +218,8 @@ def test_eval_with_an_unreadable_map_image(engines_dir, tmp_path):
     """One unreadable map image of three (gt.json): skipped; the temporal filter over a two-image
     map (shorter than its kernel) used to fail with "operands could not be broadcast"."""
     ds = tmp_path / "ds"
-    maps, queries = small_images(ds / "map", n=3), small_images(ds / "q", n=2)
+    maps = small_images(ds / "map", n=3)
+    small_images(ds / "q", n=2)
     maps[2].write_bytes(b"not an image")
     gt = {"q/Image000.jpg": ["map/Image000.jpg"], "q/Image001.jpg": ["map/Image001.jpg", "map/Image002.jpg"]}
     (ds / "gt.json").write_text(json.dumps(gt))
