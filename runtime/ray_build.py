@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from segvlad_edge.errors import require
 from segvlad_edge.runtime.steps.features import FeatureMap
 from segvlad_edge.runtime.fitting import FitError
 from segvlad_edge.runtime.frame_cache import frame_key, load_frame, reusable, save_frame, work_file
@@ -48,11 +49,7 @@ class RayConf:
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise FitError("build-map --ray needs the [ray] extra (`pip install 'segvlad-edge[ray]'`)") from None
-    return ray
+    return require("ray", "ray", "build-map --ray", FitError)
 
 
 def _init(conf: RayConf):

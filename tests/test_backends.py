@@ -26,12 +26,12 @@ def test_ort_falls_back_with_a_warning(dinov2_manifest):
 
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
 def test_clean_error_without_tensorrt(tmp_path):
-    with pytest.raises(BackendError, match="TensorRT is not installed"):
+    with pytest.raises(BackendError, match="needs tensorrt: install NVIDIA TensorRT"):
         TrtBackend(tmp_path / "x.plan")
     r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", "build-engines", "--trt", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 1
-    assert r.stderr.strip().startswith("error: TensorRT is not installed") and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.strip().startswith("error: the TensorRT backend needs tensorrt: install NVIDIA TensorRT") and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr
 
 

@@ -523,3 +523,20 @@ def test_error_classes_share_one_base():
     for cls in (DemoError, EngineError, BackendError, DatasetError, FitError, MapBuildError, MetadataError,
                 SourceError, BundleError, ImageError, FileSafetyError, SchemaError):
         assert issubclass(cls, SegvladError), cls
+
+
+def test_require_names_the_extra_in_one_line_and_lets_own_import_bugs_surface():
+    from segvlad_edge.errors import require
+    from segvlad_edge.runtime.fitting import FitError
+
+    assert require("json", "x", "anything") is json
+    with pytest.raises(FitError) as e:
+        require("no_such_module_segvlad.sub", "ray", "build-map --ray", FitError)
+    assert str(e.value) == ("build-map --ray needs no_such_module_segvlad: install the [ray] extra "
+                            "(`pip install 'segvlad-edge[ray]'`)")
+    with pytest.raises(SegvladError, match=r"^x needs no_such_module_segvlad: `pip install no_such_module_segvlad`$"):
+        require("no_such_module_segvlad", None, "x")
+    # an ImportError from segvlad-edge's own code is a bug, not a missing extra
+    with pytest.raises(ImportError) as e:
+        require("segvlad_edge.no_such_module", "export", "x")
+    assert not isinstance(e.value, SegvladError)
