@@ -274,6 +274,8 @@ MODEL_LIES = {
     "zero PCA": ("pca_components", np.zeros_like, "PCA"),
     "PCA scale 0": ("pca_scale", np.zeros_like, "PCA"),
     "zero descriptors": ("descriptors", np.zeros_like, "descriptors"),
+    "infinite descriptor row": ("descriptors", lambda a: np.where(np.arange(len(a))[:, None] == 1, np.inf,
+                                                                  a).astype(a.dtype), "infinite"),
     "calibration above 1": ("calib_negatives", lambda a: a + 2, "calib"),
     "calibration unsorted": ("calib_negatives", lambda a: a[::-1].copy(), "calib"),
 }
