@@ -7,8 +7,8 @@ Vocabulary: 32 words, 30 iterations on 100k unit-norm patches sampled from the i
 query) of the sets; cost = mean (1 - cosine to the nearest unit centre) on those patches and on
 all patches of 1 image in 10, held out of the fit. featclust: 8 iterations per frame on
 features + 0.5 x position (as the segmenter clusters them) of 60 images, k = 8 and 32; cost =
-mean squared distance to the nearest centre. scipy's kmeans2 with k-means++ seeds gives what the hand-written featclust k-means
-(replaced by the product's) gave, exactly. One thread each; times are per fit.
+mean squared distance to the nearest centre. scipy's kmeans2 with k-means++ seeds gives what
+the hand-written featclust k-means (replaced by the product's) gave, exactly. One thread each; times are per fit.
 """
 from __future__ import annotations
 
