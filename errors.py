@@ -9,6 +9,9 @@ This module sits below every layer (apps -> export -> calib -> runtime -> engine
 """
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class SegvladError(Exception):
     """A user-facing error; the message says what is wrong and where, in one line."""
@@ -22,6 +25,25 @@ class SourceError(SegvladError, RuntimeError):
 class FileSafetyError(SegvladError, OSError):
     """An output that would replace an input or a special file, or an input that is not a
     regular file (FIFO, device, socket)."""
+
+
+def require(module: str, extra: str | None, needed_by: str, error: type[SegvladError] = SegvladError,
+            how: str | None = None) -> ModuleType:
+    """The optional module ``module`` (dotted name), imported; else ``error`` in one line: what
+    ``needed_by`` needs (the package that is missing) and how to get it, by default the
+    setup.cfg ``extra`` to install (None: a core package, ``pip install <it>``); ``how`` replaces that
+    advice where the package does not come from PyPI. An ImportError raised inside
+    segvlad-edge itself is a bug and propagates."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing = (e.name or module).split(".")[0]
+        if missing == __package__:
+            raise
+        if how is None:
+            how = (f"install the [{extra}] extra (`pip install 'segvlad-edge[{extra}]'`)" if extra
+                   else f"`pip install {missing}`")
+        raise error(f"{needed_by} needs {missing}: {how}") from None
 
 
 def printable(text: str) -> str:

@@ -4,7 +4,8 @@
   folder, fsync it, rename it over the target and fsync the folder; on any error the temporary
   file is removed, so a half-written file never exists under the target's name. Before writing,
   :func:`check_output` refuses a target that is an input of the same command or an existing
-  non-regular file (a folder, FIFO, socket or device such as ``/dev/null``).
+  non-regular file (a folder, FIFO, socket or device such as ``/dev/null``; streamed outputs,
+  ``localize --out``, may be a FIFO or character device, written as they are).
 * Inputs: :func:`open_regular` opens regular files only, without blocking on a FIFO.
 * Output folders (a map folder of tiles): :func:`atomic_folder` fills a temporary folder beside
   the target and renames it into place, so a killed write never leaves a half-written folder.
@@ -30,9 +31,11 @@ def _kind(mode: int) -> str:
     return next((name for test, name in KINDS if test(mode)), "not a regular file")
 
 
-def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """``path`` as a Path, once it is safe to replace: not an existing non-regular file and not
-    the same file as any of ``inputs`` (files this command reads). Raises FileSafetyError."""
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), streams: bool = False) -> Path:
+    """``path`` as a Path, once it is safe to write: not the same file as any of ``inputs`` (files
+    this command reads) and not an existing non-regular file, except, with ``streams``, a FIFO or
+    a character device (``/dev/null``, a tty): outputs appended to as they are, never replaced
+    (``localize --out``). Raises FileSafetyError."""
     path = Path(path)
     try:
         st = os.stat(path)
@@ -40,8 +43,9 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
         return path
     except OSError as e:
         raise FileSafetyError(f"{printable(path)}: cannot check the output ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise FileSafetyError(f"{printable(path)}: is {_kind(st.st_mode)}; refusing to replace it with an output file")
+    if not (stat.S_ISREG(st.st_mode) or streams and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode))):
+        raise FileSafetyError(f"{printable(path)}: is {_kind(st.st_mode)}; refusing to "
+                              + ("write records into it" if streams else "replace it with an output file"))
     for src in inputs:
         try:
             same = os.path.samestat(st, os.stat(src))

@@ -25,7 +25,7 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 import click  # noqa: E402
 
 from segvlad_edge.engines.manifest import EngineError, default_engines_dir, list_manifests, load_manifest  # noqa: E402
-from segvlad_edge.errors import SegvladError, printable  # noqa: E402
+from segvlad_edge.errors import SegvladError, printable, require  # noqa: E402
 from segvlad_edge.runtime.settings import bounds  # noqa: E402
 
 USER_ERRORS: tuple[type[BaseException], ...] = (SegvladError, OSError)
@@ -113,10 +113,7 @@ def build_engines(out, dinov2_src, sizes, block, facet, sam_src, trt, precision,
     if trt:
         from segvlad_edge.runtime.backends import require_tensorrt
         require_tensorrt()
-    try:
-        from segvlad_edge.export import build_engines as step
-    except ImportError as e:
-        raise EngineError(f"export needs the [export] extra (`pip install -e .[export]`): {e}") from None
+    step = require("segvlad_edge.export.build_engines", "export", "build-engines", EngineError)
     conf = {k: v for k, v in {"dinov2": dinov2_src, "sizes": list(sizes) or None, "block": block, "facet": facet,
                               "sam": sam_src, "trt": trt, "precision": precision, "calib_images": calib_images,
                               "simplify": not no_simplify, "force": force}.items() if v is not None}
@@ -166,7 +163,8 @@ def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, thread
     engine of ``size`` (or on ``extractor``, an engine session already open)."""
     import dataclasses
 
-    from segvlad_edge.runtime.pipeline import CONFS, make_pipeline
+    from segvlad_edge.runtime.pipeline import make_pipeline
+    from segvlad_edge.runtime.settings import CONFS
 
     overrides = {k: v for k, v in {"order": order, "segmenter": segmenter}.items() if v is not None}
     if pca_dims is not None:

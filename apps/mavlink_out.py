@@ -31,6 +31,7 @@ import threading
 import time
 
 from segvlad_edge.apps.sinks import SinkError, resolve_udp
+from segvlad_edge.errors import require
 
 SYSTEM_ID = 1
 HEARTBEAT_S = 1.0
@@ -41,12 +42,7 @@ GPS_LEAP_SECONDS = 18            # GPS - UTC since 2017-01-01
 
 def require_pymavlink():
     """The common-dialect module of pymavlink, or SinkError naming the extra to install."""
-    try:
-        from pymavlink.dialects.v20 import common
-    except ImportError:
-        raise SinkError("--out mavlink:... needs pymavlink: install the [mavlink] extra "
-                        "(`pip install 'segvlad-edge[mavlink]'`)") from None
-    return common
+    return require("pymavlink.dialects.v20.common", "mavlink", "--out mavlink:...", SinkError)
 
 
 class _Udp:

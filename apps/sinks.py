@@ -22,11 +22,11 @@ import errno
 import json
 import os
 import socket
-import stat
 import sys
 from pathlib import Path
 
-from segvlad_edge.errors import SegvladError
+from segvlad_edge.errors import FileSafetyError, SegvladError
+from segvlad_edge.files import check_output
 
 
 class SinkError(SegvladError, ValueError):
@@ -50,33 +50,18 @@ class FileSink:
 
     def __init__(self, target: str, inputs: list[Path]):
         self.target = target
-        path = Path(target)
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            st = None
-        except OSError as e:
-            raise SinkError(f"--out {target}: cannot use ({e.strerror or e})") from None
-        if st is not None:
-            if stat.S_ISDIR(st.st_mode):
-                raise SinkError(f"--out {target}: is a folder; give a file name")
-            if stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
-                raise SinkError(f"--out {target}: is a block device or socket; refusing to write JSON into it")
-            for p in inputs:
-                try:
-                    if os.path.samefile(path, p):
-                        raise SinkError(f"--out {target}: is an input of this run ({p}); choose another file")
-                except OSError:
-                    continue
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        fifo = st is not None and stat.S_ISFIFO(st.st_mode)
+            path = check_output(target, inputs, streams=True)
+        except FileSafetyError as e:
+            raise SinkError(f"--out {e}") from None
+        # non-blocking open: a FIFO without a reader fails (ENXIO) instead of waiting for one
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path, flags | (os.O_NONBLOCK if fifo else 0), 0o644)
+            fd = os.open(path, flags, 0o644)
         except OSError as e:
             why = "a FIFO without a reader" if e.errno == errno.ENXIO else (e.strerror or str(e))
             raise SinkError(f"--out {target}: cannot open for writing ({why})") from None
-        if fifo:
-            os.set_blocking(fd, True)
+        os.set_blocking(fd, True)
         self._file = os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:

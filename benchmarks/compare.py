@@ -34,7 +34,8 @@ from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.fitting import fit_models
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.mapping import make_bundle, verification_arrays
-from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+from segvlad_edge.runtime.pipeline import make_pipeline
+from segvlad_edge.runtime.settings import CONFS
 
 SETS = ("corridor", "gardens_point_day", "wxbs")
 DEPTH = 10
@@ -52,7 +53,7 @@ def build_map(ds, feats, conf, seed, ext, verify: bool = True, frames: dict | No
     """An in-memory map of ``ds.map_images`` from cached features, with the product's code ->
     ``(localizer, frames {path: FrameSegments}, desc {path: [S, d] float16})`` for every image in ``feats``.
     ``frames``: the images' segments where already made (they do not depend on the seed)."""
-    pipe = FramePipeline(ext, conf)
+    pipe = make_pipeline(conf, extractor=ext)
     if frames is None:
         frames = {p: pipe.segment(None, feats[p]) for p in feats}
     maps = ds.map_images

@@ -38,7 +38,7 @@ from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RANK_DEPTH, WI
 from segvlad_edge.runtime.inputs.datasets import load_dataset
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.inputs.images import list_images
-from segvlad_edge.runtime.pipeline import CONFS
+from segvlad_edge.runtime.settings import CONFS
 
 SETS = ("corridor", "gardens_point_day", "wxbs")
 THRESHOLDS = (0.3, 0.5, NO_MATCH_BELOW, 0.9)

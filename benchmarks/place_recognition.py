@@ -30,7 +30,8 @@ from segvlad_edge.runtime.inputs.datasets import load_dataset
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.inputs.images import list_images
 from segvlad_edge.runtime.steps.index import SegmentIndex
-from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+from segvlad_edge.runtime.pipeline import make_pipeline
+from segvlad_edge.runtime.settings import CONFS
 
 SETS = ("gardens_point_day", "corridor", "wxbs")
 METHODS = (("segvlad", "map"), ("grid", "map"), ("global", "map"), ("segvlad", "domain"))
@@ -67,12 +68,12 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             domains = {}
             for method in {m for m, f in METHODS if f == "domain"}:
-                pipe = FramePipeline(extractor, CONFS[method])
+                pipe = make_pipeline(CONFS[method], extractor=extractor)
                 domains[method], *_ = build_domain(domain_images(root, name, a.domain_images), pipe,
                                                    Path(tmp) / f"work-{method}", [f"not {name}"], progress=False,
                                                    out=Path(tmp) / f"{method}.domain")
             for method, fit in METHODS:
-                pipe = FramePipeline(extractor, CONFS[method])
+                pipe = make_pipeline(CONFS[method], extractor=extractor)
                 work = Path(tmp) / f"{method}-{fit}"
                 work.mkdir()
                 r = evaluate.evaluate(pipe, ds, work, progress=False, fit=fit,

@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.apps.stream import filtered_position
-from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime import mapping
 from segvlad_edge.runtime.steps import position
-from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.inputs.images import list_images, load_image
 from segvlad_edge.runtime.localizer import RANK_DEPTH, Localizer
-from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+from segvlad_edge.runtime.pipeline import make_pipeline
+from segvlad_edge.runtime.settings import CONFS
 from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
 SETS = {"corridor": ("ref", "query"), "gardens_point_day": ("day_left", "day_right")}
@@ -46,8 +45,7 @@ def build(root: Path, map_dir: str, out: Path, threads: int) -> Path:
     files = list_images(root / map_dir)
     images = [(p.name, p) for p in files]
     meta = {p.name: {"pose": [float(number(p.name)), 0.0, 0.0]} for p in files}
-    pipe = FramePipeline(DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=threads),
-                         CONFS["segvlad"])
+    pipe = make_pipeline(CONFS["segvlad"], threads=threads)
     out.parent.mkdir(parents=True, exist_ok=True)
     mapping.build_map(images, out, pipe, meta, progress=True, fit="map", images_root=str(root / map_dir))
     return out

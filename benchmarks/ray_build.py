@@ -18,20 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime import mapping
 from segvlad_edge.runtime.mapfiles.bundle import MapBundle
-from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.inputs.images import list_images
-from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+from segvlad_edge.runtime.pipeline import make_pipeline
+from segvlad_edge.runtime.settings import CONFS
 from segvlad_edge.runtime.ray_build import RayConf
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def build(images, out: Path, threads: int, ray: RayConf | None) -> tuple[float, mapping.BuildSummary]:
-    pipe = FramePipeline(DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=threads),
-                         dict(CONFS["segvlad"]))
+    pipe = make_pipeline(CONFS["segvlad"], threads=threads)
     t = time.perf_counter()
     s = mapping.build_map(images, out, pipe, progress=False, fit="map", ray=ray)
     return time.perf_counter() - t, s

@@ -49,14 +49,12 @@ def real_map(work: Path, threads: int) -> Path:
     out = work / "real.segmap"
     if out.is_file():
         return out
-    from segvlad_edge.engines.manifest import default_engines_dir, find_engine
     from segvlad_edge.runtime import mapping
-    from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
     from segvlad_edge.runtime.inputs.images import list_images
-    from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
+    from segvlad_edge.runtime.pipeline import make_pipeline
+    from segvlad_edge.runtime.settings import CONFS
 
-    pipe = FramePipeline(DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=threads),
-                         dict(CONFS["segvlad"]))
+    pipe = make_pipeline(CONFS["segvlad"], threads=threads)
     images = [(f"{d}/{p.name}", p) for d in MAP_DIRS for p in list_images(SHARED / d)]
     s = mapping.build_map(images, out, pipe, progress=True, fit="map")
     print(f"real map: {s.images} images, {s.segments} segments, {s.seconds:.0f} s")

@@ -21,7 +21,7 @@ from segvlad_edge.runtime.inputs.images import load_image
 from segvlad_edge.runtime.localizer import Localizer
 from segvlad_edge.runtime.fitting import fit_models
 from segvlad_edge.runtime.mapping import make_bundle
-from segvlad_edge.runtime.pipeline import FramePipeline
+from segvlad_edge.runtime.pipeline import make_pipeline
 
 SETS = ("corridor", "gardens_point_day", "wxbs")
 
@@ -29,7 +29,7 @@ SETS = ("corridor", "gardens_point_day", "wxbs")
 def recall_at_1(ds, feats, conf, extractor):
     """Map frames -> vocabulary/PCA fit -> in-memory bundle -> Localizer, all the product's own code;
     ``conf["fp32"]`` keeps descriptors in float32 without PCA (the accuracy reference)."""
-    pipe = FramePipeline(extractor, conf)
+    pipe = make_pipeline(conf, extractor=extractor)
     frames = {p: pipe.segment(None, fm) for p, fm in feats.items()}
     maps = ds.map_images
     pipe = pipe.with_models(fit_models(pipe.conf, lambda: (frames[p] for p in maps), len(maps), np.random.default_rng(0)))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.engines.manifest import EngineError, EngineManifest
+from segvlad_edge.errors import require
 from segvlad_edge.files import write_bytes
 from segvlad_edge.runtime.backends import require_tensorrt
 from segvlad_edge.runtime.steps.features import normalise
@@ -42,7 +43,7 @@ def calibration_batches(m: EngineManifest, images_dir: str | Path):
 
 def make_calibrator(m: EngineManifest, images_dir: str | Path, cache_path: Path):
     trt = require_tensorrt()
-    import torch
+    torch = require("torch", "export", "int8 calibration", EngineError)
 
     if not torch.cuda.is_available():
         raise EngineError("int8 calibration needs a CUDA device")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.engines.manifest import EngineError, EngineManifest
-from segvlad_edge.errors import SegvladError
+from segvlad_edge.errors import SegvladError, require
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,9 @@ class OrtBackend(Backend):
 
 def require_tensorrt():
     """Import TensorRT or raise BackendError naming what to install."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendError("TensorRT is not installed: install NVIDIA TensorRT for Python (JetPack on Jetson, "
-                           "or `pip install tensorrt` from NVIDIA's index) and cuda-python") from None
-    return trt
+    return require("tensorrt", "trt", "the TensorRT backend", BackendError,
+                   how="install NVIDIA TensorRT for Python (JetPack on Jetson, or "
+                       "`pip install tensorrt` from NVIDIA's index) and the [trt] extra (`pip install 'segvlad-edge[trt]'`)")
 
 
 class TrtBackend(Backend):
@@ -100,10 +97,7 @@ class TrtBackend(Backend):
         try:
             from cuda.bindings import runtime as cudart
         except ImportError:
-            try:
-                from cuda import cudart
-            except ImportError:
-                raise BackendError("the TensorRT backend needs cuda-python (`pip install cuda-python`)") from None
+            cudart = require("cuda.cudart", "trt", "the TensorRT backend", BackendError)
         self._trt, self._cudart = trt, cudart
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(Path(path).read_bytes())

@@ -25,7 +25,7 @@ from segvlad_edge.engines.manifest import EngineManifest, default_engines_dir, f
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor, FeatureMap
 from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.steps.segmenters import make_segmenter
-from segvlad_edge.runtime.settings import CONFS, Settings  # noqa: F401  (CONFS: the presets, importable here)
+from segvlad_edge.runtime.settings import Settings
 from segvlad_edge.runtime.steps.supersegments import SuperSegments
 from segvlad_edge.runtime.steps.vlad import VladAggregator
 

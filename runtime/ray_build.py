@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from segvlad_edge.errors import require
 from segvlad_edge.runtime.steps.features import FeatureMap
 from segvlad_edge.runtime.fitting import FitError
 from segvlad_edge.runtime.frame_cache import frame_key, load_frame, reusable, save_frame, work_file
 from segvlad_edge.runtime.inputs.images import ImageError, decode_image, read_image_bytes
 from segvlad_edge.runtime.models import Models
-from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments
+from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, make_pipeline
 
 _PIPELINES: dict[str, FramePipeline] = {}          # per Ray worker process: engine sessions are reused
 
@@ -48,11 +49,7 @@ class RayConf:
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise FitError("build-map --ray needs the [ray] extra (`pip install 'segvlad-edge[ray]'`)") from None
-    return ray
+    return require("ray", "ray", "build-map --ray", FitError)
 
 
 def _init(conf: RayConf):
@@ -67,12 +64,10 @@ def _worker_pipeline(key: str) -> FramePipeline:
     """The pipeline described by ``key`` (manifest path, settings, threads), made once per worker."""
     if key not in _PIPELINES:
         from segvlad_edge.engines.manifest import load_manifest
-        from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 
         spec = json.loads(key)
         m = load_manifest(spec["manifest"])
-        _PIPELINES[key] = FramePipeline(DenseFeatureExtractor(m, threads=spec["threads"]), spec["conf"],
-                                        m.path.parent)
+        _PIPELINES[key] = make_pipeline(spec["conf"], m.path.parent, threads=spec["threads"], manifest=m)
     return _PIPELINES[key]
 
 

@@ -51,7 +51,8 @@ def make_pipeline():
     """``make_pipeline(engines_dir, method="segvlad", **conf)``: the product pipeline on the test engine (224x168)."""
     import dataclasses
 
-    from segvlad_edge.runtime.pipeline import CONFS, make_pipeline
+    from segvlad_edge.runtime.pipeline import make_pipeline
+    from segvlad_edge.runtime.settings import CONFS
 
     def make(engines_dir, method: str = "segvlad", **conf):
         return make_pipeline(dataclasses.replace(CONFS[method], **conf), engines_dir, (224, 168), threads=2)

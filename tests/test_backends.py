@@ -26,12 +26,12 @@ def test_ort_falls_back_with_a_warning(dinov2_manifest):
 
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
 def test_clean_error_without_tensorrt(tmp_path):
-    with pytest.raises(BackendError, match="TensorRT is not installed"):
+    with pytest.raises(BackendError, match="needs tensorrt: install NVIDIA TensorRT"):
         TrtBackend(tmp_path / "x.plan")
     r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", "build-engines", "--trt", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 1
-    assert r.stderr.strip().startswith("error: TensorRT is not installed") and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.strip().startswith("error: the TensorRT backend needs tensorrt: install NVIDIA TensorRT") and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr
 
 
@@ -46,9 +46,9 @@ for m in pkgutil.walk_packages(rt.__path__, "segvlad_edge.runtime."):
 import segvlad_edge.apps.cli, segvlad_edge.apps.stream, segvlad_edge.apps.explain, segvlad_edge.apps.demo
 import numpy as np
 from segvlad_edge.engines.manifest import load_manifest
-from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
-from segvlad_edge.runtime.pipeline import CONFS, FramePipeline
-pipe = FramePipeline(DenseFeatureExtractor(load_manifest({str(dinov2_manifest.path)!r})), CONFS["segvlad"])
+from segvlad_edge.runtime.pipeline import make_pipeline
+from segvlad_edge.runtime.settings import CONFS
+pipe = make_pipeline(CONFS["segvlad"], manifest=load_manifest({str(dinov2_manifest.path)!r}))
 frame = pipe.segment(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))
 assert len(frame.supersegments) > 0
 assert not any(k == "torch" or k.startswith("torch.") for k, v in sys.modules.items() if v is not None)

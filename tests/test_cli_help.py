@@ -3,7 +3,7 @@ import re
 import subprocess
 import sys
 
-from segvlad_edge.runtime.pipeline import CONFS
+from segvlad_edge.runtime.settings import CONFS
 
 COMMANDS = ("build-engines", "engines", "build-domain", "build-map", "localize", "explain", "eval", "inspect",
             "verify", "demo")

@@ -218,7 +218,8 @@ def test_eval_with_an_unreadable_map_image(engines_dir, tmp_path):
     """One unreadable map image of three (gt.json): skipped; the temporal filter over a two-image
     map (shorter than its kernel) used to fail with "operands could not be broadcast"."""
     ds = tmp_path / "ds"
-    maps, queries = small_images(ds / "map", n=3), small_images(ds / "q", n=2)
+    maps = small_images(ds / "map", n=3)
+    small_images(ds / "q", n=2)
     maps[2].write_bytes(b"not an image")
     gt = {"q/Image000.jpg": ["map/Image000.jpg"], "q/Image001.jpg": ["map/Image001.jpg", "map/Image002.jpg"]}
     (ds / "gt.json").write_text(json.dumps(gt))
@@ -273,6 +274,8 @@ MODEL_LIES = {
     "zero PCA": ("pca_components", np.zeros_like, "PCA"),
     "PCA scale 0": ("pca_scale", np.zeros_like, "PCA"),
     "zero descriptors": ("descriptors", np.zeros_like, "descriptors"),
+    "infinite descriptor row": ("descriptors", lambda a: np.where(np.arange(len(a))[:, None] == 1, np.inf,
+                                                                  a).astype(a.dtype), "infinite"),
     "calibration above 1": ("calib_negatives", lambda a: a + 2, "calib"),
     "calibration unsorted": ("calib_negatives", lambda a: a[::-1].copy(), "calib"),
 }
@@ -522,3 +525,20 @@ def test_error_classes_share_one_base():
     for cls in (DemoError, EngineError, BackendError, DatasetError, FitError, MapBuildError, MetadataError,
                 SourceError, BundleError, ImageError, FileSafetyError, SchemaError):
         assert issubclass(cls, SegvladError), cls
+
+
+def test_require_names_the_extra_in_one_line_and_lets_own_import_bugs_surface():
+    from segvlad_edge.errors import require
+    from segvlad_edge.runtime.fitting import FitError
+
+    assert require("json", "x", "anything") is json
+    with pytest.raises(FitError) as e:
+        require("no_such_module_segvlad.sub", "ray", "build-map --ray", FitError)
+    assert str(e.value) == ("build-map --ray needs no_such_module_segvlad: install the [ray] extra "
+                            "(`pip install 'segvlad-edge[ray]'`)")
+    with pytest.raises(SegvladError, match=r"^x needs no_such_module_segvlad: `pip install no_such_module_segvlad`$"):
+        require("no_such_module_segvlad", None, "x")
+    # an ImportError from segvlad-edge's own code is a bug, not a missing extra
+    with pytest.raises(ImportError) as e:
+        require("segvlad_edge.no_such_module", "export", "x")
+    assert not isinstance(e.value, SegvladError)

@@ -65,7 +65,7 @@ def test_the_map_is_never_an_output(datasets, corridor_bundle, engines_dir, tmp_
     before = hashlib.sha256(m.read_bytes()).hexdigest()
     r = cli("localize", "--map", m, "--images", datasets / "corridor" / "query", "--engines", engines_dir,
             "--out", m)
-    one_error_line(r, "input of this run")
+    one_error_line(r, "input of this command")
     assert hashlib.sha256(m.read_bytes()).hexdigest() == before
 
 
@@ -75,7 +75,7 @@ def test_file_sink_refuses_inputs_folders_and_same_target_twice(tmp_path):
     link = tmp_path / "link.jsonl"
     link.symlink_to(img)
     for target in (img, link):
-        with pytest.raises(SinkError, match="input of this run"):
+        with pytest.raises(SinkError, match="input of this command"):
             FileSink(str(target), [img])
     assert img.read_bytes() == b"jpeg"
     with pytest.raises(SinkError, match="is a folder"):

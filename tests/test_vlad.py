@@ -1,5 +1,7 @@
 import numpy as np
+import pytest
 
+from segvlad_edge.runtime.steps.kmeans import kmeans
 from segvlad_edge.runtime.steps.pca import Pca
 from segvlad_edge.runtime.steps.vlad import VladAggregator, Vocabulary
 
@@ -44,6 +46,24 @@ def test_vocabulary_fit_finds_separated_clusters():
     labels = voc.assign(x)
     assert all(len(set(labels[i * 50:(i + 1) * 50])) == 1 for i in range(3))
     assert len(set(labels)) == 3
+
+
+def test_kmeans_separates_clusters_deterministically_and_degenerates_gracefully():
+    rng = np.random.default_rng(3)
+    means = 10 * rng.standard_normal((4, 6))
+    x = (np.repeat(means, 40, axis=0) + 0.1 * rng.standard_normal((160, 6))).astype(np.float32)
+    centres, labels = kmeans(x, 4, 8, seed=5, restarts=2)
+    assert centres.shape == (4, 6) and centres.dtype == np.float32 and labels.shape == (160,)
+    assert sorted(len(set(labels[i * 40:(i + 1) * 40])) for i in range(4)) == [1, 1, 1, 1]
+    assert len(set(labels)) == 4
+    np.testing.assert_allclose(np.sort(centres, axis=0), np.sort(means, axis=0), atol=0.1)
+    again = kmeans(x, 4, 8, seed=5, restarts=2)
+    assert np.array_equal(again[0], centres) and np.array_equal(again[1], labels)
+    flat = np.ones((10, 6), np.float32)                                # all points equal: k > distinct points
+    c, lab = kmeans(flat, 3, 8, seed=0, spherical=True)
+    assert np.isfinite(c).all() and len(set(lab)) == 1
+    with pytest.raises(ValueError, match="at least 3 points"):
+        kmeans(x[:2], 3, 8, seed=0)
 
 
 def test_pca_float16_unit_rows_and_projection():

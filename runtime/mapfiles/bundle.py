@@ -56,6 +56,7 @@ ARRAYS = {   # name: (dtype, rank, required); one line per array a map bundle ma
     "index_faiss": ("uint8", 1, False),
 }
 VERIFY_ARRAYS = ("verify_mean", "verify_components", "verify_codes")   # spatial verification: all or none
+ROW_CHECKED = {"descriptors", "vocab_centers", "pca_components"}   # finite and non-zero row by row (_finite_rows)
 MMAP_ARRAYS = {"verify_codes"}        # read per shortlist: memory-mapped, not held in RAM, at any size
 MMAP_FROM = 1 << 20                   # arrays of this many bytes or more are memory-mapped, not read
 HASH_CHUNK = 8 << 20
@@ -180,7 +181,7 @@ class MapBundle:
         if labels.shape[1] != grid[0] * grid[1]:
             raise BundleError(f"{where}: segment label maps do not match the engine's patch grid {grid}")
         if not _finite_rows(desc).all():
-            raise BundleError(f"{where}: descriptors that are not finite or all zero")
+            raise BundleError(f"{where}: descriptors that are NaN, infinite or all zero")
         calib = a.get("calib_negatives")
         if calib is not None and (len(calib) > n_img or not np.all((calib >= 0) & (calib <= 1))
                                   or np.any(np.diff(calib) < 0)):
@@ -199,6 +200,8 @@ class MapBundle:
         check_models(a, settings, desc.shape[1], where)
 
     def _check_arrays(self, where) -> None:
+        """Known names, dtypes and ranks, required arrays present; float arrays finite, except the
+        ``ROW_CHECKED`` ones, which ``validate`` / ``check_models`` scan once for finite, non-zero rows."""
         for name, arr in self.arrays.items():
             if name not in ARRAYS:
                 raise BundleError(f"{where}: unknown array {printable(repr(name))}")
@@ -206,7 +209,8 @@ class MapBundle:
             if arr.dtype.name != dtype or arr.ndim != rank:
                 raise BundleError(f"{where}: array {name!r} is {arr.dtype.name} rank {arr.ndim}, expected {dtype} "
                                   f"rank {rank}")
-            if arr.dtype.kind == "f" and not all(np.isfinite(block).all() for block in _blocks(arr)):
+            if arr.dtype.kind == "f" and name not in ROW_CHECKED \
+                    and not all(np.isfinite(block).all() for block in _blocks(arr)):
                 raise BundleError(f"{where}: array {name!r} holds NaN or infinite values")
         missing = [n for n, (_, _, required) in ARRAYS.items() if required and n not in self.arrays]
         if missing:
@@ -253,7 +257,7 @@ def check_models(a: dict, settings: Settings, dims: int | None, where) -> None:
     if k != settings.vocab_k:
         raise BundleError(f"{where}: vocabulary has {k} words, settings say {settings.vocab_k}")
     if not _finite_rows(v).all():
-        raise BundleError(f"{where}: vocabulary centres that are not finite or all zero")
+        raise BundleError(f"{where}: vocabulary centres that are NaN, infinite or all zero")
     pca = [n for n in ("pca_mean", "pca_components", "pca_scale") if n in a]
     if settings.pca_dims is None:
         if pca:
@@ -271,7 +275,7 @@ def check_models(a: dict, settings: Settings, dims: int | None, where) -> None:
         raise BundleError(f"{where}: PCA shapes disagree with the vocabulary, the settings (PCA {settings.pca_dims}) "
                           "and the descriptor dimension")
     if not np.isfinite(mean).all() or not _finite_rows(comps).all() or not (scale > 0).all():
-        raise BundleError(f"{where}: PCA is degenerate (non-finite values, a zero component or a zero scale)")
+        raise BundleError(f"{where}: PCA is degenerate (NaN or infinite values, a zero component or a zero scale)")
 
 
 # ---------------------------------------------------------------------- the container

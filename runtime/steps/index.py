@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from segvlad_edge.errors import require
 from segvlad_edge.runtime.mapfiles.bundle import BundleError
 
 KINDS = ("hnsw", "ivfpq")
@@ -238,11 +239,7 @@ def _hnsw_from_arrays(index: SegmentIndex, meta: dict, a: dict):
 
 # ---------------------------------------------------------------------- faiss IVF-PQ
 def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise StoredIndexError("this map's IVF-PQ index needs faiss (`pip install faiss-cpu`)") from None
-    return faiss
+    return require("faiss", None, "this map's IVF-PQ index", StoredIndexError, how="`pip install faiss-cpu`")
 
 
 def _build_ivfpq(index: SegmentIndex):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from segvlad_edge.runtime.steps.kmeans import kmeans
 
 
 class Vocabulary:
@@ -20,20 +21,10 @@ class Vocabulary:
     @classmethod
     def fit(cls, features: np.ndarray, k: int = 32, iters: int = 30, seed: int = 0) -> "Vocabulary":
         """``features [N, D]`` unit-norm patch features (N >= k) -> cosine k-means centres."""
-        x = np.asarray(features, np.float32)
-        if len(x) < k:
-            raise ValueError(f"a {k}-word vocabulary needs at least {k} patch features, got {len(x)}")
-        rng = np.random.default_rng(seed)
-        c = x[rng.choice(len(x), k, replace=False)].copy()
-        for _ in range(iters):
-            labels = np.argmax(x @ c.T, axis=1)
-            onehot = (labels[None, :] == np.arange(k)[:, None]).astype(np.float32)
-            sums, counts = onehot @ x, onehot.sum(1)
-            empty = counts == 0
-            c = sums / np.maximum(counts, 1)[:, None]
-            c[empty] = x[rng.choice(len(x), int(empty.sum()), replace=False)]
-            c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-        return cls(c)
+        if len(features) < k:
+            raise ValueError(f"a {k}-word vocabulary needs at least {k} patch features, got {len(features)}")
+        centres, _ = kmeans(features, k, iters, seed, spherical=True)
+        return cls(centres)
 
     @property
     def k(self) -> int:
