@@ -7,7 +7,10 @@ images of the shared sets (corridor/ref, gardens_point_day/day_left, toy_unlabel
 and cached in ``--work``. A map of N images holds those real images and, beyond them, synthetic
 ones: each copies the segment count, duplicate pattern (SuperSegments grown into the same region
 share a descriptor) and label map of a random real image, with descriptors drawn from a Gaussian
-with the real descriptors' mean and covariance (unit-normalised, float16). Each map is written by
+with the real descriptors' mean and covariance (unit-normalised, float16). The maps carry no
+spatial verification data (96 KiB/image of patch codes, memory-mapped and read for the 10
+shortlisted images per frame: 9.4 GB at 100k images), so start-up here does not include
+checksumming it, and search + ranking does not include verification. Each map is written by
 the product's bundle writer with its stored index (the kind ``build-map`` chooses for its size,
 marked *, and the other kinds: hnswlib where it builds in reasonable time), then a fresh process
 per bundle measures:
@@ -68,7 +71,7 @@ def real_map(work: Path, threads: int) -> Path:
 
 def synthetic_bundle(real, n_images: int, rng: np.random.Generator):
     """The real map extended to ``n_images`` with synthetic images (see the module docstring)."""
-    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.mapfiles.bundle import VERIFY_ARRAYS, MapBundle
 
     a = real.arrays
     counts_r, desc_r = a["segments_per_image"], np.asarray(a["descriptors"], np.float32)
@@ -95,7 +98,7 @@ def synthetic_bundle(real, n_images: int, rng: np.random.Generator):
     labels = np.concatenate([a["segment_labels"][:n_real], a["segment_labels"][templates]])
     meta = {k: v for k, v in real.meta.items() if k != "index"}
     meta["images"] = real.images[:n_real] + [{"name": f"synthetic/{i:06d}.jpg"} for i in range(len(templates))]
-    arrays = {k: v for k, v in a.items() if not k.startswith("index_")}
+    arrays = {k: v for k, v in a.items() if not k.startswith("index_") and k not in VERIFY_ARRAYS}
     arrays.update(descriptors=desc, segments_per_image=counts, segment_labels=labels)
     return MapBundle(meta, arrays), n_real
 

@@ -9,12 +9,12 @@ the bundle as checksummed arrays, so loading a map reads them instead of rebuild
 - ``"hnswsq"`` (faiss HNSW over 8-bit scalar-quantised codes, from ``HNSWSQ_FROM`` segments): the
   graph finds ``rerank x k`` candidates by the codes' approximate similarity; they are re-scored
   exactly against the float16 descriptors (memory-mapped in the bundle, only those rows read).
-  The serialized index is read zero-copy from the bundle. RAM: about 400 bytes per segment.
+  The serialized index is read zero-copy from the bundle. RAM: about 530 bytes per segment.
 - ``"ivfpq"`` (faiss IVF-PQ fast-scan, selectable with ``kind``): 64-byte product-quantised codes
   (128 x 4 bits) in ``nlist`` inverted lists find ``rerank x k`` candidates, re-scored the same
   way. RAM: about 72 bytes per segment, but lower recall at scale.
 
-An exact (chunked numpy) path measures either kind's recall. Search runs in float32 (numpy has
+An exact (chunked numpy) path measures each kind's recall. Search runs in float32 (numpy has
 no fast float16 matmul).
 """
 from __future__ import annotations
@@ -69,6 +69,7 @@ class SegmentIndex:
         self.params = {**_KIND[self.kind].params, **(meta or {}).get("params", {})}
         self._impl = None
         self._blob = None               # a faiss index's serialized bytes: it reads them in place (zero-copy)
+        self._hnsw_upper = None         # bytes of a loaded hnswlib graph's upper-level links
         if stored is not None:
             self._impl = _KIND[self.kind].load(self, meta, stored)
 
@@ -90,7 +91,7 @@ class SegmentIndex:
         """``(meta, arrays)`` to store in a bundle: meta ``{"kind", "params", ...}`` (JSON), arrays
         named ``index_*``."""
         impl = self.prepare()
-        return (_hnsw_to_arrays if self.kind == "hnsw" else _faiss_to_arrays)(self, impl)
+        return _KIND[self.kind].store(self, impl)
 
     def resident_bytes(self) -> int:
         """Bytes of search data the index holds in RAM beyond the memory-mapped float16 descriptors
@@ -100,7 +101,7 @@ class SegmentIndex:
         if self.kind != "hnsw":
             return int(self._blob.nbytes if self._blob is not None else _faiss().serialize_index(impl).nbytes)
         p = impl.M                                            # hnswlib: level 0 holds 2M links per element,
-        upper = self._hnsw_upper if getattr(self, "_hnsw_upper", None) is not None else \
+        upper = self._hnsw_upper if self._hnsw_upper is not None else \
             len(impl.__getstate__()[0]["link_lists"])         # upper levels M each (their bytes are stored)
         return int(len(self) * (4 + 8 * p + 4 * self.dim + 8) + upper)
 
@@ -372,14 +373,16 @@ def _check_faiss_hnsw(faiss, h, n: int) -> None:
 
 
 class _Kind(NamedTuple):
+    """A kind's default params and its build, store (``to_arrays``) and load (stored arrays) steps."""
     params: dict
     build: Callable
+    store: Callable
     load: Callable
 
 
-_KIND = {"hnsw": _Kind(HNSW, _build_hnsw, _hnsw_from_arrays),
-         "hnswsq": _Kind(HNSWSQ, _build_hnswsq, _faiss_from_arrays),
-         "ivfpq": _Kind(IVFPQ, _build_ivfpq, _faiss_from_arrays)}
+_KIND = {"hnsw": _Kind(HNSW, _build_hnsw, _hnsw_to_arrays, _hnsw_from_arrays),
+         "hnswsq": _Kind(HNSWSQ, _build_hnswsq, _faiss_to_arrays, _faiss_from_arrays),
+         "ivfpq": _Kind(IVFPQ, _build_ivfpq, _faiss_to_arrays, _faiss_from_arrays)}
 
 
 # ---------------------------------------------------------------------- bundles
