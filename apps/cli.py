@@ -285,6 +285,8 @@ def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, or
 
     if out is None and add_to is None:
         raise click.UsageError("give the bundle to write (-o/--out), or --add MAP")
+    if add_to is not None and index_kind != "auto":
+        raise click.UsageError("--index applies to a new map; --add re-indexes the map by its size")
     images = _image_list(images_dir)
     names = [n for n, _ in images]
     meta = {n: m for n, p in images if (m := {**metadata.from_exif(p), **metadata.from_name(n)})}
@@ -486,6 +488,8 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
     from segvlad_edge.runtime.inputs.datasets import load_dataset
 
     if map_path is not None:
+        if index_kind != "auto":
+            raise click.UsageError("--index picks the index of the map eval builds; a --map keeps its own")
         _eval_map(map_path, dataset_dir, metadata_csv, engines_dir, domain, threads, exact, as_json, quiet)
         return
     if len(dataset_dir) != 1:
