@@ -145,7 +145,7 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
     first = loc.localize(load_image(query_paths[0]))
     startup = time.perf_counter() - T0 - first.ms["features"] / 1e3
     answers = [first] + [loc.localize(load_image(p)) for p in query_paths[1:]]
-    rss = peak_rss_mib()
+    rss, anon = peak_rss_mib(), anon_rss_mib()
     ms = [a.ms.get("search", 0) + a.ms.get("rank", 0) for a in answers if a.segments]
     hits, same, cpu_ms = [], [], []
     for a in answers:
@@ -162,6 +162,7 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
         exact_best = rank(ids, sims, loc.segment_image, len(loc.names), 1, loc.norm).images[:1]
         same.append(exact_best.tolist() == a.ranked.images[:1].tolist())
     return {"startup_s": startup, "imports_s": t_imported - T0, "load_s": t_loaded - t_imported, "rss_mib": rss,
+            "anon_mib": anon,
             "search_rank_ms": float(np.median(ms)), "recall": float(np.mean(np.concatenate(hits))),
             "top1_same": float(np.mean(same)), "load_cpu_s": load_cpu, "search_rank_cpu_ms": float(np.median(cpu_ms)),
             "ram_kib_per_image": loc.index.resident_bytes() / len(loc.names) / 1024}
@@ -173,6 +174,15 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def anon_rss_mib() -> float:
+    """This process's resident anonymous memory now (RssAnon): the resident set less its file-backed
+    pages (the bundle's memory-mapped arrays, libraries), which the OS can drop and read again."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main():
@@ -208,12 +218,13 @@ def main():
         p = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{r['images']:7d} {r['real']:5d} {r['segments']:9d} {name:>7s} {r['path'].stat().st_size / 2**20:8.1f} "
               f"{r['index_mib']:9.1f} {p['startup_s']:10.2f} {p['imports_s']:7.2f} {p['load_s']:6.2f} "
-              f"{p['load_cpu_s']:8.2f} {p['rss_mib']:12.0f} {p['search_rank_ms']:14.2f} {p['search_rank_cpu_ms']:8.2f} "
+              f"{p['load_cpu_s']:8.2f} {p['rss_mib']:12.0f} {p['anon_mib']:8.0f} {p['search_rank_ms']:14.2f} {p['search_rank_cpu_ms']:8.2f} "
               f"{p['recall']:7.4f} {p['top1_same']:13.2f} {p['ram_kib_per_image']:11.1f}", flush=True)
     print(f"load average during the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
           f"on {os.cpu_count()} cores (wall-clock figures include waiting for the CPU; CPU figures do not)")
     print("start-up: process start to first answer minus its DINOv2 pass (imports: Python modules; load: "
-          "Localizer.from_bundle = checksums, engine session, index); * = the kind build-map chooses; recall: "
+          "Localizer.from_bundle = checksums, engine session, index); anon: resident anonymous memory after the "
+          "frames (less file-backed pages: the bundle's memory-mapped arrays, libraries); * = the kind build-map chooses; recall: "
           f"top-50 vs exact, tie-aware, over the segments of {QUERIES} real query frames; top-1 = exact: share of "
           "those frames whose best map image is the exact search's")
 
