@@ -27,6 +27,7 @@ import click  # noqa: E402
 from segvlad_edge.engines.manifest import EngineError, default_engines_dir, list_manifests, load_manifest  # noqa: E402
 from segvlad_edge.errors import SegvladError, printable, require  # noqa: E402
 from segvlad_edge.runtime.settings import bounds  # noqa: E402
+from segvlad_edge.runtime.steps.index import HNSWSQ_FROM, KINDS  # noqa: E402
 
 USER_ERRORS: tuple[type[BaseException], ...] = (SegvladError, OSError)
 BUG_EXIT = 3
@@ -201,6 +202,14 @@ def pipeline_options(compare: bool = False):
     return add
 
 
+def index_option():
+    """build-map's and eval's ``--index``: the search index stored in the map (runtime/steps/index.py)."""
+    return click.option("--index", "index_kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True,
+                        help="Search index stored in the map: hnsw (hnswlib, float32), hnswsq (faiss HNSW over 8-bit "
+                             "codes, re-scored exactly) or ivfpq (faiss IVF-PQ, re-scored exactly); auto: hnsw under "
+                             f"{HNSWSQ_FROM} segments, else hnswsq.")
+
+
 def fit_options(fn):
     for opt in reversed([
         click.option("--fit", type=click.Choice(["auto", "map", "domain"]), default="auto", show_default=True,
@@ -261,6 +270,7 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
 @click.option("--tile-m", type=click.FloatRange(1, 1e7), default=None, metavar="METRES",
               help="Split the map into square tiles of this side that share one vocabulary/PCA fit, written as a "
                    "map folder (-o names it); every image needs a lat/lon position.")
+@index_option()
 @click.option("--keep-work", is_flag=True, help="Keep the per-image work folder (resume data).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (implies --quiet).")
@@ -270,7 +280,7 @@ def build_domain(images_dirs, out, engines_dir, size, methods, segmenter, order,
                    "Needs the [ray] extra.")
 @user_errors
 def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain,
-              metadata_csv, tile_m, keep_work, quiet, as_json, ray_address):
+              metadata_csv, tile_m, index_kind, keep_work, quiet, as_json, ray_address):
     """Build a map bundle from a folder of images (@-style names give GPS/UTM metadata), or add them to one."""
     from segvlad_edge.runtime import mapping
     from segvlad_edge.runtime.mapfiles import metadata
@@ -279,6 +289,8 @@ def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, or
         raise click.UsageError("give the bundle to write (-o/--out), or --add MAP")
     if tile_m is not None and (add_to is not None or out is None):
         raise click.UsageError("--tile-m writes a new map folder: give it with -o (not with --add)")
+    if add_to is not None and index_kind != "auto":
+        raise click.UsageError("--index applies to a new map; --add re-indexes the map by its size")
     images = _image_list(images_dir)
     names = [n for n, _ in images]
     meta = {n: m for n, p in images if (m := {**metadata.from_exif(p), **metadata.from_name(n)})}
@@ -296,7 +308,7 @@ def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, or
 
         check_positions(names, meta)                        # before the engine is even opened
         pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
-        s, tiles = build_tiled_map(images, out, pipe, tile_m, meta, keep_work=keep_work,
+        s, tiles = build_tiled_map(images, out, pipe, tile_m, meta, index_kind, keep_work=keep_work,
                                    progress=not (quiet or as_json), fit=fit, domain=domain,
                                    images_root=str(images_dir.resolve()), inputs=inputs, ray=ray)
     elif add_to is not None:
@@ -308,7 +320,8 @@ def build_map(images_dir, out, add_to, engines_dir, size, methods, segmenter, or
     else:
         pipe = _pipeline(methods, engines_dir, size, order, segmenter, pca_dims, threads)
         s = mapping.build_map(images, out, pipe, meta, keep_work=keep_work, progress=not (quiet or as_json), fit=fit,
-                         domain=domain, images_root=str(images_dir.resolve()), inputs=inputs, ray=ray)
+                         domain=domain, images_root=str(images_dir.resolve()), inputs=inputs, ray=ray,
+                         index_kind=index_kind)
     for name, reason in s.skipped:
         click.echo(f"skipped {printable(name)}: {printable(reason)}", err=True)
     if as_json:
@@ -491,20 +504,23 @@ def explain(query, map_path, out, top, map_images, engines_dir, domain):
                    "when within 25 m of a map image (positions from @utm@ names or --metadata).")
 @click.option("--metadata", "metadata_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --map: CSV of query positions (name relative to its folder, lat, lon).")
-@click.option("--exact", is_flag=True, help="Exact search instead of HNSW.")
+@index_option()
+@click.option("--exact", is_flag=True, help="Exact search instead of the index.")
 @click.option("--json", "as_json", is_flag=True, help="Print each result as one JSON object (the last stdout line).")
 @click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write recall.png and per-method failure tables (PNG with thumbnails + CSV) here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims, threads, fit, domain, map_path,
-             metadata_csv, exact, as_json, report, quiet):
+             metadata_csv, index_kind, exact, as_json, report, quiet):
     """Recall@1/5/10 of one or more methods (--method repeated) on a dataset with ground truth,
     or of an existing map bundle (--map MAP QUERY_DIR...)."""
     from segvlad_edge.runtime import evaluate
     from segvlad_edge.runtime.inputs.datasets import load_dataset
 
     if map_path is not None:
+        if index_kind != "auto":
+            raise click.UsageError("--index picks the index of the map eval builds; a --map keeps its own")
         _eval_map(map_path, dataset_dir, metadata_csv, engines_dir, domain, threads, exact, as_json, quiet)
         return
     if len(dataset_dir) != 1:
@@ -516,7 +532,8 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
         pipe = _pipeline(method, engines_dir, size, order, segmenter, pca_dims, threads, extractor)
         extractor = pipe.extractor
         with tempfile.TemporaryDirectory(prefix="segvlad-eval-") as work:
-            r = evaluate.evaluate(pipe, ds, work, progress=not quiet and not as_json, exact=exact, fit=fit, domain=domain)
+            r = evaluate.evaluate(pipe, ds, work, progress=not quiet and not as_json, exact=exact, fit=fit, domain=domain,
+                                  index_kind=index_kind)
         results[method] = r
         r["method"] = method
         if as_json:

@@ -7,10 +7,13 @@ images of the shared sets (corridor/ref, gardens_point_day/day_left, toy_unlabel
 and cached in ``--work``. A map of N images holds those real images and, beyond them, synthetic
 ones: each copies the segment count, duplicate pattern (SuperSegments grown into the same region
 share a descriptor) and label map of a random real image, with descriptors drawn from a Gaussian
-with the real descriptors' mean and covariance (unit-normalised, float16). Each map is written by
+with the real descriptors' mean and covariance (unit-normalised, float16). The maps carry no
+spatial verification data (96 KiB/image of patch codes, memory-mapped and read for the 10
+shortlisted images per frame: 9.4 GB at 100k images), so start-up here does not include
+checksumming it, and search + ranking does not include verification. Each map is written by
 the product's bundle writer with its stored index (the kind ``build-map`` chooses for its size,
-marked *, and the other kind where it builds in reasonable time), then a fresh process per
-bundle measures:
+marked *, and the other kinds: hnswlib where it builds in reasonable time), then a fresh process
+per bundle measures:
 
 - start-up: from the process's first statement to the first answer of ``Localizer.from_bundle``
   + ``localize`` on a real query frame, minus that frame's DINOv2 pass (bundle file in the OS
@@ -19,7 +22,10 @@ bundle measures:
 - search + ranking ms per frame: median over the 10 frames, wall clock and process CPU time
   (the machine is shared: the CPU figures are what the work costs);
 - top-K' (50) recall of the stored index against exact search, tie-aware, over the 10 frames'
-  SuperSegment descriptors.
+  SuperSegment descriptors;
+- RAM-resident search data per map image (``SegmentIndex.resident_bytes``: hnswlib's float32
+  vectors + links, a faiss index's codes + graph or lists; the float16 descriptors stay
+  memory-mapped and only re-scored rows are read).
 """
 from __future__ import annotations
 
@@ -63,7 +69,7 @@ def real_map(work: Path, threads: int) -> Path:
 
 def synthetic_bundle(real, n_images: int, rng: np.random.Generator):
     """The real map extended to ``n_images`` with synthetic images (see the module docstring)."""
-    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.mapfiles.bundle import VERIFY_ARRAYS, MapBundle
 
     a = real.arrays
     counts_r, desc_r = a["segments_per_image"], np.asarray(a["descriptors"], np.float32)
@@ -90,14 +96,14 @@ def synthetic_bundle(real, n_images: int, rng: np.random.Generator):
     labels = np.concatenate([a["segment_labels"][:n_real], a["segment_labels"][templates]])
     meta = {k: v for k, v in real.meta.items() if k != "index"}
     meta["images"] = real.images[:n_real] + [{"name": f"synthetic/{i:06d}.jpg"} for i in range(len(templates))]
-    arrays = {k: v for k, v in a.items() if not k.startswith("index_")}
+    arrays = {k: v for k, v in a.items() if not k.startswith("index_") and k not in VERIFY_ARRAYS}
     arrays.update(descriptors=desc, segments_per_image=counts, segment_labels=labels)
     return MapBundle(meta, arrays), n_real
 
 
 def make_maps(work: Path, sizes: list[int], threads: int) -> list[dict]:
     from segvlad_edge.runtime.mapfiles.bundle import MapBundle
-    from segvlad_edge.runtime.steps.index import choose_kind, store_index
+    from segvlad_edge.runtime.steps.index import KINDS, choose_kind, store_index
 
     real = MapBundle.read(real_map(work, threads))
     rows = []
@@ -105,7 +111,7 @@ def make_maps(work: Path, sizes: list[int], threads: int) -> list[dict]:
         bundle, n_real = synthetic_bundle(real, n, np.random.default_rng(n))
         segs = len(bundle.arrays["descriptors"])
         default = choose_kind(segs)
-        for kind in ("hnsw", "ivfpq"):
+        for kind in KINDS:
             path = work / f"scale-{n}-{kind}.segmap"
             if kind != default and kind == "hnsw" and segs > HNSW_BUILD_MAX:
                 rows.append({"images": n, "real": n_real, "segments": segs, "kind": kind, "default": False,
@@ -137,7 +143,7 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
     first = loc.localize(load_image(query_paths[0]))
     startup = time.perf_counter() - T0 - first.ms["features"] / 1e3
     answers = [first] + [loc.localize(load_image(p)) for p in query_paths[1:]]
-    rss = peak_rss_mib()
+    rss, anon = peak_rss_mib(), anon_rss_mib()
     ms = [a.ms.get("search", 0) + a.ms.get("rank", 0) for a in answers if a.segments]
     hits, same, cpu_ms = [], [], []
     for a in answers:
@@ -154,8 +160,10 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
         exact_best = rank(ids, sims, loc.segment_image, len(loc.names), 1, loc.norm).images[:1]
         same.append(exact_best.tolist() == a.ranked.images[:1].tolist())
     return {"startup_s": startup, "imports_s": t_imported - T0, "load_s": t_loaded - t_imported, "rss_mib": rss,
+            "anon_mib": anon,
             "search_rank_ms": float(np.median(ms)), "recall": float(np.mean(np.concatenate(hits))),
-            "top1_same": float(np.mean(same)), "load_cpu_s": load_cpu, "search_rank_cpu_ms": float(np.median(cpu_ms))}
+            "top1_same": float(np.mean(same)), "load_cpu_s": load_cpu, "search_rank_cpu_ms": float(np.median(cpu_ms)),
+            "ram_kib_per_image": loc.index.resident_bytes() / len(loc.names) / 1024}
 
 
 def peak_rss_mib() -> float:
@@ -164,6 +172,15 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def anon_rss_mib() -> float:
+    """This process's resident anonymous memory now (RssAnon): the resident set less its file-backed
+    pages (the bundle's memory-mapped arrays, libraries), which the OS can drop and read again."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main():
@@ -182,29 +199,30 @@ def main():
         return
     a.work.mkdir(parents=True, exist_ok=True)
     rows = make_maps(a.work, a.sizes, a.threads)
-    print(f"\n{'images':>7s} {'real':>5s} {'segments':>9s} {'index':>6s} {'file MiB':>8s} {'index MiB':>9s} "
+    print(f"\n{'images':>7s} {'real':>5s} {'segments':>9s} {'index':>7s} {'file MiB':>8s} {'index MiB':>9s} "
           f"{'start-up s':>10s} {'imports':>7s} {'load':>6s} {'load CPU':>8s} {'peak RSS MiB':>12s} "
-          f"{'search+rank ms':>14s} {'(CPU ms)':>8s} {'recall':>7s} {'top-1 = exact':>13s}")
+          f"{'search+rank ms':>14s} {'(CPU ms)':>8s} {'recall':>7s} {'top-1 = exact':>13s} {'RAM KiB/img':>11s}")
     for r in rows:
         name = r["kind"] + ("*" if r["default"] else "")
         if r["path"] is None:
-            print(f"{r['images']:7d} {r['real']:5d} {r['segments']:9d} {name:>6s}   not built (HNSW build of "
+            print(f"{r['images']:7d} {r['real']:5d} {r['segments']:9d} {name:>7s}   not built (HNSW build of "
                   f"{r['segments']} segments takes too long here)")
             continue
         out = subprocess.run([sys.executable, __file__, "--probe", str(r["path"]), "--threads", str(a.threads)],
                              capture_output=True, text=True)
         if out.returncode:
-            print(f"{r['images']:7d} {name:>6s} probe failed: {out.stderr.strip().splitlines()[-1]}")
+            print(f"{r['images']:7d} {name:>7s} probe failed: {out.stderr.strip().splitlines()[-1]}")
             continue
         p = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['images']:7d} {r['real']:5d} {r['segments']:9d} {name:>6s} {r['path'].stat().st_size / 2**20:8.1f} "
+        print(f"{r['images']:7d} {r['real']:5d} {r['segments']:9d} {name:>7s} {r['path'].stat().st_size / 2**20:8.1f} "
               f"{r['index_mib']:9.1f} {p['startup_s']:10.2f} {p['imports_s']:7.2f} {p['load_s']:6.2f} "
-              f"{p['load_cpu_s']:8.2f} {p['rss_mib']:12.0f} {p['search_rank_ms']:14.2f} {p['search_rank_cpu_ms']:8.2f} "
-              f"{p['recall']:7.4f} {p['top1_same']:13.2f}", flush=True)
+              f"{p['load_cpu_s']:8.2f} {p['rss_mib']:12.0f} {p['anon_mib']:8.0f} {p['search_rank_ms']:14.2f} {p['search_rank_cpu_ms']:8.2f} "
+              f"{p['recall']:7.4f} {p['top1_same']:13.2f} {p['ram_kib_per_image']:11.1f}", flush=True)
     print(f"load average during the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
           f"on {os.cpu_count()} cores (wall-clock figures include waiting for the CPU; CPU figures do not)")
     print("start-up: process start to first answer minus its DINOv2 pass (imports: Python modules; load: "
-          "Localizer.from_bundle = checksums, engine session, index); * = the kind build-map chooses; recall: "
+          "Localizer.from_bundle = checksums, engine session, index); anon: resident anonymous memory after the "
+          "frames (less file-backed pages: the bundle's memory-mapped arrays, libraries); * = the kind build-map chooses; recall: "
           f"top-50 vs exact, tie-aware, over the segments of {QUERIES} real query frames; top-1 = exact: share of "
           "those frames whose best map image is the exact search's")
 

@@ -25,11 +25,12 @@ RECALL_AT = (1, 5, 10)
 
 
 def evaluate(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: bool = True, exact: bool = False,
-         fit: str = "auto", domain: Path | None = None) -> dict:
-    """``fit``/``domain``: where the vocabulary and PCA come from, as for ``mapping.main``."""
+         fit: str = "auto", domain: Path | None = None, index_kind: str = "auto") -> dict:
+    """``fit``/``domain``: where the vocabulary and PCA come from, as for ``mapping.build_map``;
+    ``index_kind``: the map's search index (runtime/steps/index.py)."""
     bundle_path = Path(work_dir) / "map.segmap"
     summary = mapping.build_map([(ds.name(p), p) for p in ds.map_images], bundle_path, pipe, progress=progress,
-                           fit=fit, domain=domain, images_root=str(Path(ds.root).resolve()))
+                           fit=fit, domain=domain, images_root=str(Path(ds.root).resolve()), index_kind=index_kind)
     loc = Localizer(MapBundle.read(bundle_path), pipe.with_models(summary.models))
     result = score(loc, ds, progress, exact)
     n_img = max(summary.images, 1)
@@ -80,7 +81,7 @@ def score(loc: Localizer, ds: Dataset, progress: bool = True, exact: bool = Fals
         top1[qi] = top[0] if top else -1
     hits = np.stack([(first >= 0) & (first < n) for n in RECALL_AT], axis=1)
     n_img = max(len(loc.names), 1)
-    desc_bytes = loc.bundle.arrays["descriptors"].nbytes
+    search_bytes = loc.index.resident_bytes()       # RAM-resident search data; descriptors stay memory-mapped
     verify_bytes = loc.bundle.arrays["verify_codes"].nbytes if "verify_codes" in loc.bundle.arrays else 0
     result = {f"recall@{n}": round(float(hits[:, j].mean()), 4) for j, n in enumerate(RECALL_AT)}
     result.update({
@@ -89,7 +90,7 @@ def score(loc: Localizer, ds: Dataset, progress: bool = True, exact: bool = Fals
         "segments_per_image": round(len(loc.bundle.arrays["descriptors"]) / n_img, 1),
         "bundle_bytes": loc.bundle.path.stat().st_size if loc.bundle.path else 0,
         "bytes_per_image": round(loc.bundle.path.stat().st_size / n_img) if loc.bundle.path else 0,
-        "descriptor_bytes_per_image": round(desc_bytes / n_img),
+        "descriptor_bytes_per_image": round(search_bytes / n_img), "index": loc.index.kind,
         "verification_bytes_per_image": round(verify_bytes / n_img),
         "query_ms": {k: round(float(np.median(v)), 2) for k, v in stage_ms.items()},
         "eval_seconds": round(time.perf_counter() - t0, 1), "skipped": failures,

@@ -64,13 +64,14 @@ class BuildSummary:
 def build_map(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: FramePipeline,
          metadata: dict[str, dict] | None = None, keep_work: bool = False, progress: bool = True,
          fit: str = "auto", domain: Path | None = None, images_root: str | None = None,
-         inputs: tuple = (), ray: ray_build.RayConf | None = None) -> BuildSummary:
+         inputs: tuple = (), ray: ray_build.RayConf | None = None, index_kind: str = "auto") -> BuildSummary:
     """``images``: [(name stored in the bundle, file path)]; ``metadata``: name -> {gps, pose, label, ...};
     ``fit``: "auto" | "map" | "domain" (where the vocabulary and PCA come from); ``domain``: a
     domain file other than the one beside the engine; ``images_root``: the map images' folder,
     recorded so that explanations can show them; ``inputs``: other files the build reads (a
     metadata CSV). ``out`` may not be any input: checked before any work. ``ray``: run the
-    per-image passes as Ray tasks (runtime/ray_build.py)."""
+    per-image passes as Ray tasks (runtime/ray_build.py). ``index_kind``: the stored search index
+    (runtime/steps/index.py; "auto" chooses by map size)."""
     t_start = time.perf_counter()
     out = Path(out)
     if not images:
@@ -97,7 +98,7 @@ def build_map(images: list[tuple[str, Path]], out: str | os.PathLike, pipeline: 
     descs, counts, labels, ms = (describe_frames(kept, pipeline, progress) if ray is None                 # 3
                                  else ray_build.describe_frames(kept, pipeline, ray, progress))
     stage_ms.update(ms)
-    bundle = make_bundle(pipeline, [n for n, _ in kept], descs, counts, labels, metadata or {}, fit_ref)
+    bundle = make_bundle(pipeline, [n for n, _ in kept], descs, counts, labels, metadata or {}, fit_ref, index_kind)
     if images_root:
         bundle.meta["images_root"] = str(images_root)
     bundle.arrays.update(verification_arrays(lambda: (load_features(wf) for _, wf in kept), len(kept), pipeline.conf,
@@ -140,8 +141,9 @@ def describe_frames(kept: list[tuple[str, Path]], pipeline: FramePipeline, progr
 
 
 def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarray], counts: list[int],
-                labels: list[np.ndarray], metadata: dict[str, dict], fit_ref: dict) -> MapBundle:
-    """The bundle of a map's descriptors; it holds the vocabulary/PCA only when fitted on the map."""
+                labels: list[np.ndarray], metadata: dict[str, dict], fit_ref: dict, index_kind: str = "auto") -> MapBundle:
+    """The bundle of a map's descriptors; it holds the vocabulary/PCA only when fitted on the map, and
+    the search index of ``index_kind``."""
     conf, m = pipeline.conf, pipeline.extractor.manifest
     arrays = {
         "descriptors": np.concatenate(descs) if descs else np.zeros((0, pipeline.models.dims), np.float16),
@@ -160,5 +162,5 @@ def make_bundle(pipeline: FramePipeline, names: list[str], descs: list[np.ndarra
         "images": [{"name": n, **({"meta": metadata[n]} if n in metadata else {})} for n in names],
     }
     bundle = MapBundle(meta, arrays)
-    store_index(bundle)             # the search structure goes into the bundle: loading reads it
+    store_index(bundle, index_kind)     # the search structure goes into the bundle: loading reads it
     return bundle

@@ -14,6 +14,7 @@ import numpy as np
 
 from segvlad_edge.errors import SegvladError
 from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.steps.index import KIND_NAMES
 
 SELF_CHECKS = 20
 
@@ -50,7 +51,7 @@ def verify_bundle(path: str | Path, engines_dir=None, domain: Path | None = None
     sample = [i for i in np.unique(np.linspace(0, n_img - 1, min(SELF_CHECKS, n_img)).astype(int)) if counts[i]]
     found = sum(int(i) in loc.rank_descriptors(desc[offsets[i]:offsets[i + 1]], top=1).images[:1] for i in sample)
     ok = not sample or found >= 0.8 * len(sample)
-    kind = {"hnsw": "HNSW", "ivfpq": "IVF-PQ"}[loc.index.kind]
+    kind = KIND_NAMES[loc.index.kind]
     where = "stored in the bundle" if bundle.meta.get("index") else "built at load"
     results.append(("index", ok, f"{kind}: {found}/{len(sample)} sampled map images find themselves first ({where})"))
     return results

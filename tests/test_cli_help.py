@@ -39,3 +39,16 @@ def test_inspect_says_how_many_images_carry_metadata_and_positions(corridor_bund
     assert "  metadata: 0 of 111 images; positions: none (answers carry no position)" in run("inspect", corridor_bundle)
     text = run("inspect", positioned_bundle("gps"))
     assert "  metadata: 111 of 111 images (gps 111); positions: gps (lat/lon), map spacing 1 m" in text
+
+
+def test_index_option_names_the_size_rule_and_is_refused_where_it_cannot_apply(tmp_path):
+    from segvlad_edge.runtime.steps.index import HNSWSQ_FROM
+
+    for cmd in ("build-map", "eval"):
+        assert f"auto: hnsw under {HNSWSQ_FROM} segments, else hnswsq" in " ".join(run(cmd, "--help").split())
+    (tmp_path / "m.segmap").write_bytes(b"x")                     # never read: the options are refused first
+    for args in (("build-map", tmp_path, "--add", tmp_path / "m.segmap", "--index", "ivfpq"),
+                 ("eval", tmp_path, "--map", tmp_path / "m.segmap", "--index", "hnsw")):
+        r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", *map(str, args)], capture_output=True,
+                           text=True)
+        assert r.returncode == 2 and "--index" in r.stderr and r.stderr.count("\n") == 1, r.stderr

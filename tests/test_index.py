@@ -1,4 +1,4 @@
-"""SegmentIndex: stored search structures (HNSW links, IVF-PQ codes) load without a rebuild and
+"""SegmentIndex: stored search structures (HNSW links, HNSW-SQ graph + codes, IVF-PQ codes) load without a rebuild and
 answer as built; malformed stored indexes are refused; memory-mapped bundles refuse truncation
 and tampering."""
 import subprocess
@@ -32,11 +32,11 @@ def queries(x, n=100, seed=1):
 def no_build(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the search structure was rebuilt")
-    monkeypatch.setattr(I, "_build_hnsw", boom)
-    monkeypatch.setattr(I, "_build_ivfpq", boom)
+    for kind, ops in I._KIND.items():
+        monkeypatch.setitem(I._KIND, kind, ops._replace(build=boom))
 
 
-@pytest.mark.parametrize("kind,params", [("hnsw", {}), ("ivfpq", {"nlist": 32, "train_max": 3000})])
+@pytest.mark.parametrize("kind,params", [("hnsw", {}), ("hnswsq", {}), ("ivfpq", {"nlist": 32, "train_max": 3000})])
 def test_stored_index_answers_like_the_built_one_without_rebuilding(kind, params, monkeypatch):
     x, q = clustered(), None
     q = queries(x)
@@ -54,8 +54,8 @@ def test_stored_index_answers_like_the_built_one_without_rebuilding(kind, params
 
 
 def test_choose_kind_by_map_size():
-    assert I.choose_kind(10_000) == "hnsw"
-    assert I.choose_kind(I.IVFPQ_FROM) == "ivfpq"
+    assert I.choose_kind(I.HNSWSQ_FROM - 1) == "hnsw"
+    assert I.choose_kind(I.HNSWSQ_FROM) == I.choose_kind(10_000_000) == "hnswsq"
     assert 16 <= I.ivf_lists(100) <= I.ivf_lists(2_000_000) == 1414
 
 
@@ -101,6 +101,53 @@ def test_malformed_stored_ivfpq_is_refused():
         SegmentIndex(x, "ivfpq", meta=meta, stored={"index_faiss": garbage})
 
 
+def test_hnswsq_holds_less_in_ram_than_hnswlib_and_reports_it():
+    x = clustered(n=2000, d=256)
+    q = queries(x, 50)
+    sq, flat = SegmentIndex(x, "hnswsq", threads=1), SegmentIndex(x, "hnsw", threads=1)
+    meta, stored = sq.to_arrays()
+    loaded = SegmentIndex(x, "hnswsq", threads=1, meta=meta, stored=stored)
+    assert loaded.resident_bytes() == sq.resident_bytes() == stored["index_faiss"].nbytes
+    assert loaded.resident_bytes() < 0.5 * flat.resident_bytes()
+    assert flat.resident_bytes() > len(x) * 4 * x.shape[1]          # hnswlib's float32 copy at least
+    assert loaded.recall(q, 50) >= 0.99
+
+
+def hnswsq_blob(x, edit):
+    """The serialized HNSW-SQ index of ``x`` after ``edit(faiss_hnsw, links_view)``."""
+    import faiss
+    idx = SegmentIndex(x, "hnswsq", threads=1)
+    h = idx.prepare().hnsw
+    edit(h, faiss.rev_swig_ptr(h.neighbors.data(), h.neighbors.size()))
+    return idx.to_arrays()
+
+
+def test_malformed_stored_hnswsq_is_refused_in_one_line():
+    x = clustered(n=1200)
+    meta, stored = SegmentIndex(x, "hnswsq", threads=1).to_arrays()
+    blob = stored["index_faiss"]
+    cases = [(x[:1100], stored, "not the 1100x64"),
+             (x, {"index_faiss": blob[:len(blob) // 2].copy()}, "unreadable"),
+             (x, {"index_faiss": blob[:-1].copy()}, "unreadable"),
+             (x, {"index_faiss": np.frombuffer(b"not a faiss index" * 8, np.uint8).copy()}, "unreadable"),
+             (x, {}, "missing")]
+    _, ivf = SegmentIndex(x, "ivfpq", threads=1).to_arrays()
+    cases.append((x, ivf, "IndexIVFPQFastScan"))                              # another kind's index
+    bad_meta, bad = hnswsq_blob(x, lambda h, links: links.__setitem__(7, 5_000))   # a link past the segments
+    cases.append((x, bad, "point past|out of range"))           # faiss >= 1.12 checks links itself
+    _, bad = hnswsq_blob(x, lambda h, links: setattr(h, "entry_point", int(np.flatnonzero(               # a node
+        __import__("faiss").vector_to_array(h.levels) == 1)[0])))                                   # on level 0 only
+    cases.append((x, bad, "entry point"))
+    _, bad = hnswsq_blob(x, lambda h, links: setattr(h, "max_level", 0))         # the graph has upper levels
+    cases.append((x, bad, "entry point"))
+    for xs, arrays, message in cases:
+        with pytest.raises(StoredIndexError, match=message) as e:
+            SegmentIndex(xs, "hnswsq", threads=1, meta=meta, stored=arrays)
+        assert "\n" not in str(e.value)
+    with pytest.raises(StoredIndexError, match="rerank"):
+        SegmentIndex(x, "hnswsq", meta={**meta, "params": {**meta["params"], "rerank": 0}}, stored=stored)
+
+
 # ---------------------------------------------------------------------- in a bundle, memory-mapped
 def big_bundle(n_images=120, per_image=25, dims=256):
     """A map bundle whose descriptors (1.5 MiB) are memory-mapped on reading."""
@@ -137,7 +184,7 @@ def test_bundle_loads_memory_mapped_with_its_stored_index(big_written, monkeypat
     b = MapBundle.read(big_written)
     assert isinstance(b.arrays["descriptors"], np.memmap) and not b.arrays["descriptors"].flags.writeable
     assert b.arrays["descriptors"].nbytes >= B.MMAP_FROM
-    assert b.meta["index"]["kind"] == "hnsw"
+    assert b.meta["index"]["kind"] == "hnswsq"
     no_build(monkeypatch)
     loc = Localizer(b, None)
     q = queries(ref.arrays["descriptors"], 20)
@@ -163,7 +210,7 @@ def test_tampered_memory_mapped_bundle_is_refused_in_one_line(big_written, tmp_p
     _, _, hlen, _ = B.PREFIX.unpack_from(data)
     header = json.loads(data[B.PREFIX.size:B.PREFIX.size + hlen])
     start = -(-(B.PREFIX.size + hlen) // B.ALIGN) * B.ALIGN
-    for name in ("descriptors", "index_links0"):
+    for name in ("descriptors", "index_faiss"):
         e = header["arrays"][name]
         flipped = bytearray(data)
         flipped[start + e["offset"] + e["nbytes"] // 2] ^= 0x01

@@ -188,7 +188,7 @@ class MapBundle:
             raise BundleError(f"{where}: confidence calibration table is malformed (not sorted in [0, 1])")
         self._validate_verification(where, settings)
         index = m.get("index")
-        if index is not None and (not isinstance(index, dict) or index.get("kind") not in ("hnsw", "ivfpq")
+        if index is not None and (not isinstance(index, dict) or index.get("kind") not in ("hnsw", "hnswsq", "ivfpq")
                                   or not isinstance(index.get("params"), dict)):
             raise BundleError(f"{where}: the stored search index record is malformed")
         if m["fit"]["source"] == "domain":

@@ -1,31 +1,39 @@
 """SegmentIndex: inner-product search over all map SuperSegment descriptors, stored in the bundle.
 
-Two kinds, chosen by map size (``choose_kind``), both built once by ``build-map`` and stored in
+Three kinds, chosen by map size (``choose_kind``), each built once by ``build-map`` and stored in
 the bundle as checksummed arrays, so loading a map reads them instead of rebuilding:
 
-- ``"hnsw"`` (hnswlib, maps under ``IVFPQ_FROM`` segments): the graph's links are stored; the
+- ``"hnsw"`` (hnswlib, maps under ``HNSWSQ_FROM`` segments): the graph's links are stored; the
   float32 vectors hnswlib keeps beside them are refilled from the float16 descriptors at load, so
   the file holds each vector once. RAM: about 1.3 KiB per segment at 256 dims.
-- ``"ivfpq"`` (faiss IVF-PQ fast-scan, larger maps): 64-byte product-quantised codes (128 x 4 bits)
-  in ``nlist`` inverted lists find ``rerank x k`` candidates, re-scored exactly against the float16
-  descriptors (which stay memory-mapped in the bundle). RAM: about 72 bytes per segment.
+- ``"hnswsq"`` (faiss HNSW over 8-bit scalar-quantised codes, from ``HNSWSQ_FROM`` segments): the
+  graph finds ``rerank x k`` candidates by the codes' approximate similarity; they are re-scored
+  exactly against the float16 descriptors (memory-mapped in the bundle, only those rows read).
+  The serialized index is read zero-copy from the bundle. RAM: about 530 bytes per segment.
+- ``"ivfpq"`` (faiss IVF-PQ fast-scan, selectable with ``kind``): 64-byte product-quantised codes
+  (128 x 4 bits) in ``nlist`` inverted lists find ``rerank x k`` candidates, re-scored the same
+  way. RAM: about 72 bytes per segment, but lower recall at scale.
 
-An exact (chunked numpy) path measures either kind's recall. Search runs in float32 (numpy has
+An exact (chunked numpy) path measures each kind's recall. Search runs in float32 (numpy has
 no fast float16 matmul).
 """
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from segvlad_edge.errors import require
 from segvlad_edge.runtime.mapfiles.bundle import BundleError
 
-KINDS = ("hnsw", "ivfpq")
-IVFPQ_FROM = 200_000            # segments (about 10k images): from here IVF-PQ, below HNSW
+KINDS = ("hnsw", "hnswsq", "ivfpq")
+KIND_NAMES = {"hnsw": "HNSW", "hnswsq": "HNSW-SQ", "ivfpq": "IVF-PQ"}     # as messages and reports name them
+HNSWSQ_FROM = 1_000             # segments (about 50 images): from here HNSW-SQ8, below hnswlib
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
+HNSWSQ = {"m": 32, "ef_construction": 40, "ef": 400, "rerank": 4, "qtype": "QT_8bit", "train_max": 100_000, "seed": 0}
 IVFPQ = {"pq_m": 128, "nprobe": 32, "rerank": 32, "train_max": 100_000, "seed": 0}
+SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
 
 
@@ -34,8 +42,8 @@ class StoredIndexError(BundleError):
 
 
 def choose_kind(n_segments: int) -> str:
-    """``"hnsw"`` for small maps (exact-like recall, no training), ``"ivfpq"`` from IVFPQ_FROM segments."""
-    return "ivfpq" if n_segments >= IVFPQ_FROM else "hnsw"
+    """``"hnsw"`` (hnswlib) under HNSWSQ_FROM segments, ``"hnswsq"`` from there."""
+    return "hnswsq" if n_segments >= HNSWSQ_FROM else "hnsw"
 
 
 def ivf_lists(n_segments: int) -> int:
@@ -59,10 +67,12 @@ class SegmentIndex:
         if self.kind not in KINDS:
             raise StoredIndexError(f"unknown index kind {self.kind!r}")
         self.threads = threads
-        self.params = {**(HNSW if self.kind == "hnsw" else IVFPQ), **(meta or {}).get("params", {})}
+        self.params = {**_KIND[self.kind].params, **(meta or {}).get("params", {})}
         self._impl = None
+        self._blob = None               # a faiss index's serialized bytes: it reads them in place (zero-copy)
+        self._hnsw_upper = None         # bytes of a loaded hnswlib graph's upper-level links
         if stored is not None:
-            self._impl = (_hnsw_from_arrays if self.kind == "hnsw" else _ivfpq_from_arrays)(self, meta, stored)
+            self._impl = _KIND[self.kind].load(self, meta, stored)
 
     def __len__(self) -> int:
         return len(self.descriptors)
@@ -75,14 +85,26 @@ class SegmentIndex:
     def prepare(self):
         """The search structure, built now if it was not stored (seconds per 10k segments)."""
         if self._impl is None:
-            self._impl = _build_hnsw(self) if self.kind == "hnsw" else _build_ivfpq(self)
+            self._impl = _KIND[self.kind].build(self)
         return self._impl
 
     def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
         """``(meta, arrays)`` to store in a bundle: meta ``{"kind", "params", ...}`` (JSON), arrays
         named ``index_*``."""
         impl = self.prepare()
-        return (_hnsw_to_arrays if self.kind == "hnsw" else _ivfpq_to_arrays)(self, impl)
+        return _KIND[self.kind].store(self, impl)
+
+    def resident_bytes(self) -> int:
+        """Bytes of search data the index holds in RAM beyond the memory-mapped float16 descriptors
+        (of which a search reads only the rows it re-scores): hnswlib's float32 vectors, labels and
+        links; a faiss index's serialized size (codes + graph or lists)."""
+        impl = self.prepare()
+        if self.kind != "hnsw":
+            return int(self._blob.nbytes if self._blob is not None else _faiss().serialize_index(impl).nbytes)
+        p = impl.M                                            # hnswlib: level 0 holds 2M links per element,
+        upper = self._hnsw_upper if self._hnsw_upper is not None else \
+            len(impl.__getstate__()[0]["link_lists"])         # upper levels M each (their bytes are stored)
+        return int(len(self) * (4 + 8 * p + 4 * self.dim + 8) + upper)
 
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +123,7 @@ class SegmentIndex:
             ids[:, :kk] = labels
             sims[:, :kk] = 1 - dist          # hnswlib "ip" distance is 1 - <a, b>
         else:
-            ids[:, :kk], sims[:, :kk] = self._ivfpq_search(q, kk)
+            ids[:, :kk], sims[:, :kk] = self._rescored_search(q, kk)
         return ids, sims
 
     def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -127,11 +149,16 @@ class SegmentIndex:
         order = np.argsort(-best_s, axis=1, kind="stable")
         return np.take_along_axis(best_i, order, 1), np.take_along_axis(best_s, order, 1)
 
-    def _ivfpq_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rescored_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """A faiss kind: ``rerank x k`` candidates by the compressed codes, re-scored exactly."""
         idx = self.prepare()
         _faiss().omp_set_num_threads(max(self.threads, 1))    # a frame's few queries: threads cost more than they give
-        idx.nprobe = int(self.params["nprobe"])
-        _, cand = idx.search(q, min(len(self), int(self.params["rerank"]) * k))
+        n_cand = min(len(self), int(self.params["rerank"]) * k)
+        if self.kind == "ivfpq":
+            idx.nprobe = int(self.params["nprobe"])
+        else:
+            idx.hnsw.efSearch = max(int(self.params["ef"]), n_cand)
+        _, cand = idx.search(q, n_cand)
         cand = np.where((cand >= 0) & (cand < len(self)), cand, -1).astype(np.int64)
         return self._exact(q, k, rows=cand)
 
@@ -234,12 +261,25 @@ def _hnsw_from_arrays(index: SegmentIndex, meta: dict, a: dict):
              "data_level0": data.view(np.int8).ravel(), "link_lists": np.asarray(upper).view(np.int8)}
     idx = hnswlib.Index.__new__(hnswlib.Index)
     idx.__setstate__((state,))
+    index._hnsw_upper = len(upper)
     return idx
 
 
-# ---------------------------------------------------------------------- faiss IVF-PQ
+# ---------------------------------------------------------------------- faiss (IVF-PQ, HNSW-SQ)
 def _faiss():
-    return require("faiss", None, "this map's IVF-PQ index", StoredIndexError, how="`pip install faiss-cpu`")
+    return require("faiss", None, "this map's index", StoredIndexError, how="`pip install faiss-cpu`")
+
+
+def _training_rows(index: SegmentIndex) -> np.ndarray:
+    """``[T, d] float32``: at most ``train_max`` descriptors drawn with the params' seed."""
+    p, n = index.params, len(index)
+    rng = np.random.default_rng(p["seed"])
+    return np.asarray(index.descriptors[np.sort(rng.choice(n, min(n, int(p["train_max"])), replace=False))], np.float32)
+
+
+def _add_all(index: SegmentIndex, idx) -> None:
+    for start in range(0, len(index), EXACT_CHUNK):        # float32 copies one block at a time
+        idx.add(np.asarray(index.descriptors[start:start + EXACT_CHUNK], np.float32))
 
 
 def _build_ivfpq(index: SegmentIndex):
@@ -250,37 +290,96 @@ def _build_ivfpq(index: SegmentIndex):
     nlist = int(p.get("nlist") or ivf_lists(n))
     p["nlist"] = nlist
     p["pq_m"] = math.gcd(int(p["pq_m"]), dim)          # sub-quantizers must divide the dimension
-    rng = np.random.default_rng(p["seed"])
-    train = np.sort(rng.choice(n, min(n, int(p["train_max"])), replace=False))
     quantizer = faiss.IndexFlatIP(dim)
     idx = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, int(p["pq_m"]), 4, faiss.METRIC_INNER_PRODUCT)
     idx.cp.seed = int(p["seed"])
     idx.pq.cp.seed = int(p["seed"])
-    idx.train(np.asarray(index.descriptors[train], np.float32))
-    for start in range(0, n, EXACT_CHUNK):
-        idx.add(np.asarray(index.descriptors[start:start + EXACT_CHUNK], np.float32))
+    idx.train(_training_rows(index))
+    _add_all(index, idx)
     return idx
 
 
-def _ivfpq_to_arrays(index: SegmentIndex, idx) -> tuple[dict, dict]:
-    return {"kind": "ivfpq", "params": index.params, "count": int(idx.ntotal)}, \
-        {"index_faiss": _faiss().serialize_index(idx)}
-
-
-def _ivfpq_from_arrays(index: SegmentIndex, meta: dict, a: dict):
+def _build_hnswsq(index: SegmentIndex):
+    """faiss ``IndexHNSWSQ``: per-dimension 8-bit codes (ranges trained on ``train_max`` rows), inner
+    product, ``m`` links per node (2m on level 0)."""
     faiss = _faiss()
     if index.threads > 0:
         faiss.omp_set_num_threads(index.threads)
-    blob = a.get("index_faiss")
-    if blob is None or blob.dtype != np.uint8 or blob.ndim != 1:
-        raise StoredIndexError("stored IVF-PQ index is missing or malformed")
-    try:
-        idx = faiss.deserialize_index(np.ascontiguousarray(blob))
-    except RuntimeError as e:
-        raise StoredIndexError(f"stored IVF-PQ index is unreadable ({str(e).splitlines()[0]})") from None
-    if idx.ntotal != len(index) or idx.d != index.dim or not isinstance(idx, faiss.IndexIVFPQFastScan):
-        raise StoredIndexError(f"stored IVF-PQ index holds {idx.ntotal}x{idx.d}, not the {len(index)}x{index.dim} descriptors")
+    p = index.params
+    if p["qtype"] not in SQ_TYPES or len(index) == 0:
+        raise StoredIndexError(f"an HNSW-SQ index needs segments and a quantiser of {SQ_TYPES}, not {p['qtype']!r}")
+    idx = faiss.IndexHNSWSQ(index.dim, getattr(faiss.ScalarQuantizer, p["qtype"]), int(p["m"]),
+                            faiss.METRIC_INNER_PRODUCT)
+    idx.hnsw.efConstruction = int(p["ef_construction"])
+    idx.train(_training_rows(index))
+    _add_all(index, idx)
     return idx
+
+
+def _faiss_to_arrays(index: SegmentIndex, idx) -> tuple[dict, dict]:
+    return {"kind": index.kind, "params": index.params, "count": int(idx.ntotal)}, \
+        {"index_faiss": _faiss().serialize_index(idx)}
+
+
+def _faiss_from_arrays(index: SegmentIndex, meta: dict, a: dict):
+    """The stored faiss index, read in place from the (memory-mapped) bundle array: its codes and
+    links are the bundle's pages, not a copy. Type, size, dimension and metric are checked, and an
+    HNSW graph's links and levels (faiss trusts them) before any search."""
+    faiss = _faiss()
+    name = KIND_NAMES[index.kind]
+    cls = {"ivfpq": faiss.IndexIVFPQFastScan, "hnswsq": faiss.IndexHNSWSQ}[index.kind]
+    blob = a.get("index_faiss")
+    if blob is None or blob.dtype != np.uint8 or blob.ndim != 1 or not blob.flags.c_contiguous:
+        raise StoredIndexError(f"stored {name} index is missing or malformed")
+    try:
+        reader = faiss.ZeroCopyIOReader(faiss.cast_integer_to_uint8_ptr(blob.ctypes.data), blob.nbytes)
+        idx = faiss.read_index(reader)          # already of its own class; codes and links are views of blob
+    except RuntimeError as e:
+        raise StoredIndexError(f"stored {name} index is unreadable ({str(e).strip().splitlines()[0]})") from None
+    if not isinstance(idx, cls) or idx.ntotal != len(index) or idx.d != index.dim \
+            or idx.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise StoredIndexError(f"stored {name} index holds {idx.ntotal}x{idx.d} ({type(idx).__name__}), "
+                               f"not the {len(index)}x{index.dim} descriptors")
+    if index.kind == "hnswsq":
+        _check_faiss_hnsw(faiss, idx.hnsw, len(index))
+        for key, lo, hi in (("rerank", 1, 1000), ("ef", 1, 1 << 16)):
+            if not isinstance(index.params.get(key), int) or not lo <= index.params[key] <= hi:
+                raise StoredIndexError(f"stored HNSW-SQ index: {key} is not an integer in [{lo}, {hi}]")
+    index._blob = blob                  # the index reads these bytes: they live as long as it does
+    return idx
+
+
+def _check_faiss_hnsw(faiss, h, n: int) -> None:
+    """A faiss HNSW graph over ``n`` nodes: per-node levels and neighbour offsets agree, every link
+    is -1 (none) or a node, the entry point is a node on the top level."""
+    levels = faiss.vector_to_array(h.levels)
+    offsets = faiss.vector_to_array(h.offsets).astype(np.int64)
+    size = h.neighbors.size()
+    links = faiss.rev_swig_ptr(h.neighbors.data(), size) if size else np.zeros(0, np.int32)
+    cum = faiss.vector_to_array(h.cum_nneighbor_per_level).astype(np.int64)
+    if len(levels) != n or len(offsets) != n + 1 or (n and ((levels < 1).any() or levels.max() > len(cum) - 1)):
+        raise StoredIndexError(f"stored HNSW-SQ graph does not match the {n} segments")
+    if offsets[0] != 0 or (np.diff(offsets) != cum[levels]).any() or offsets[-1] != size:
+        raise StoredIndexError("stored HNSW-SQ levels disagree with the link lists")
+    if n and not (0 <= h.entry_point < n and levels[h.entry_point] - 1 == h.max_level == levels.max() - 1):
+        raise StoredIndexError("stored HNSW-SQ entry point is not a node of the top level")
+    for start in range(0, size, 1 << 24):
+        block = links[start:start + (1 << 24)]
+        if ((block < -1) | (block >= n)).any():
+            raise StoredIndexError(f"stored HNSW-SQ links point past the {n} segments")
+
+
+class _Kind(NamedTuple):
+    """A kind's default params and its build, store (``to_arrays``) and load (stored arrays) steps."""
+    params: dict
+    build: Callable
+    store: Callable
+    load: Callable
+
+
+_KIND = {"hnsw": _Kind(HNSW, _build_hnsw, _hnsw_to_arrays, _hnsw_from_arrays),
+         "hnswsq": _Kind(HNSWSQ, _build_hnswsq, _faiss_to_arrays, _faiss_from_arrays),
+         "ivfpq": _Kind(IVFPQ, _build_ivfpq, _faiss_to_arrays, _faiss_from_arrays)}
 
 
 # ---------------------------------------------------------------------- bundles
