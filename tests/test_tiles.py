@@ -156,7 +156,6 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
         TiledLocalizer.open(folder, engines_dir)
     (folder / "fit.domain").write_bytes(fit)
     from segvlad_edge.runtime.mapfiles.tiles import checksum
-    from segvlad_edge.runtime.mapfiles.tiles import checksum
     doc = read_index(maps["folder"])
     doc["tiles"][0]["bbox"] = doc["tiles"][1]["bbox"]      # re-sealed: tile 0 claims tile 1's place
     doc["checksum"] = checksum(doc)
