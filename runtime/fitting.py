@@ -42,13 +42,13 @@ def fit_models(settings: Settings, frames: Callable[[], Iterable[FrameSegments]]
     """The vocabulary (k-means on at most MAX_VOCAB_PATCHES sampled ``[P, C] float32`` patch
     features) and, unless ``settings.pca_dims`` is None, the PCA (on at most MAX_PCA_ROWS sampled
     ``[S, K*C] float32`` SuperSegment VLADs). ``frames()`` streams the frames; it is called once
-    per fit. Raises FitError when the frames hold too few patches or SuperSegments to fit on."""
+    per fit; ``rng`` draws the samples and the k-means seed. Raises FitError when the frames hold too few patches or SuperSegments to fit on."""
     per_image = max(1, MAX_VOCAB_PATCHES // n_images)
     sample = np.concatenate([_sample_rows(f.fmap.features, per_image, rng) for f in frames()])
     if len(sample) < settings.vocab_k:
         raise FitError(f"{len(sample)} patch features are too few for a {settings.vocab_k}-word vocabulary; "
                        "use more images or a domain fit")
-    vocab = Vocabulary.fit(sample, settings.vocab_k)
+    vocab = Vocabulary.fit(sample, settings.vocab_k, seed=int(rng.integers(2 ** 31)))     # k-means seeds from rng too
     del sample
     if not settings.pca_dims:
         return Models(vocab)

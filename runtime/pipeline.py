@@ -6,7 +6,7 @@
 Named configurations (``CONFS``, typed ``Settings`` from ``runtime/settings.py``): ``segvlad``
 is the product default, ``grid`` and ``global`` are the paper's / AnyLoc's baselines on the same
 engine; ``make_pipeline`` is the one way to assemble a pipeline from settings and an engine. The
-defaults (featclust segments, o = 3, PCA 256 unwhitened) were chosen by ``benchmarks/sweep.py`` and
+defaults (featclust segments, o = 3, PCA unwhitened, 128 dims since ``benchmarks/pca_dims.py``) were chosen by ``benchmarks/sweep.py`` and
 re-checked against denser segments (featclust at 12-32 clusters or 8 + 32 at once, an 8x8 grid,
 o = 1-2), top-K', voting and PCA size by ``benchmarks/compare.py`` (``benchmarks/compare_segments.log``):
 none beat them on Recall@1 pooled over corridor, gardens_point_day and wxbs. ``overlap_psi``

@@ -38,7 +38,7 @@ class Settings:
     segmenter_conf: dict = setting({}, Json())          # bounded per segmenter in __post_init__
     order: int = setting(3, Int(0, 8))                    # SuperSegment neighbourhood order o
     vocab_k: int = setting(32, Int(2, 256))               # VLAD vocabulary words
-    pca_dims: int | None = setting(256, Optional(Int(2, 4096)))
+    pca_dims: int | None = setting(128, Optional(Int(2, 4096)))
     whiten: bool = setting(False, Bool())
     top_k: int = setting(50, Int(1, 1000))                # K': segments retrieved per query segment
     norm: str = setting("query", Str(("query", "none")))   # per-query similarity normalisation
