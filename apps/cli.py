@@ -27,7 +27,7 @@ import click  # noqa: E402
 from segvlad_edge.engines.manifest import EngineError, default_engines_dir, list_manifests, load_manifest  # noqa: E402
 from segvlad_edge.errors import SegvladError, printable, require  # noqa: E402
 from segvlad_edge.runtime.settings import bounds  # noqa: E402
-from segvlad_edge.runtime.steps.index import HNSWSQ_FROM, KINDS  # noqa: E402
+from segvlad_edge.runtime.steps.index import HNSWSQ_FROM, IVFPQ_FROM, KINDS  # noqa: E402
 
 USER_ERRORS: tuple[type[BaseException], ...] = (SegvladError, OSError)
 BUG_EXIT = 3
@@ -207,7 +207,7 @@ def index_option():
     return click.option("--index", "index_kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True,
                         help="Search index stored in the map: hnsw (hnswlib, float32), hnswsq (faiss HNSW over 8-bit "
                              "codes, re-scored exactly) or ivfpq (faiss IVF-PQ, re-scored exactly); auto: hnsw under "
-                             f"{HNSWSQ_FROM} segments, else hnswsq.")
+                             f"{HNSWSQ_FROM} segments, hnswsq under {IVFPQ_FROM}, else ivfpq.")
 
 
 def fit_options(fn):

@@ -18,7 +18,9 @@ per bundle measures:
 - start-up: from the process's first statement to the first answer of ``Localizer.from_bundle``
   + ``localize`` on a real query frame, minus that frame's DINOv2 pass (bundle file in the OS
   page cache, as after a copy; checksums of every array are verified on each load);
-- peak RSS of that process (ru_maxrss) after 10 real query frames, engine session included;
+- peak RSS of that process (VmHWM) after 10 real query frames, engine session included, and its
+  resident anonymous memory then (RssAnon: without the file-backed pages of the memory-mapped
+  bundle, which the OS can drop);
 - search + ranking ms per frame: median over the 10 frames, wall clock and process CPU time
   (the machine is shared: the CPU figures are what the work costs);
 - top-K' (50) recall of the stored index against exact search, tie-aware, over the 10 frames'

@@ -42,10 +42,11 @@ def test_inspect_says_how_many_images_carry_metadata_and_positions(corridor_bund
 
 
 def test_index_option_names_the_size_rule_and_is_refused_where_it_cannot_apply(tmp_path):
-    from segvlad_edge.runtime.steps.index import HNSWSQ_FROM
+    from segvlad_edge.runtime.steps.index import HNSWSQ_FROM, IVFPQ_FROM
 
     for cmd in ("build-map", "eval"):
-        assert f"auto: hnsw under {HNSWSQ_FROM} segments, else hnswsq" in " ".join(run(cmd, "--help").split())
+        assert f"auto: hnsw under {HNSWSQ_FROM} segments, hnswsq under {IVFPQ_FROM}, else ivfpq" in \
+            " ".join(run(cmd, "--help").split())
     (tmp_path / "m.segmap").write_bytes(b"x")                     # never read: the options are refused first
     for args in (("build-map", tmp_path, "--add", tmp_path / "m.segmap", "--index", "ivfpq"),
                  ("eval", tmp_path, "--map", tmp_path / "m.segmap", "--index", "hnsw")):

@@ -78,7 +78,7 @@ def test_empty_and_one_image_maps(datasets, engines_dir, tmp_path, make_pipeline
 def test_verify(corridor_bundle, engines_dir, tmp_path):
     r = cli("verify", corridor_bundle, "--engines", engines_dir)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "FAIL" not in r.stdout and "index: HNSW: 20/20" in r.stdout
+    assert "FAIL" not in r.stdout and "index: HNSW-SQ: 20/20" in r.stdout      # 1,332 segments: HNSW-SQ
     bad = tmp_path / "bad.segmap"
     data = bytearray(corridor_bundle.read_bytes())
     data[-100] ^= 0xFF

@@ -54,8 +54,9 @@ def test_stored_index_answers_like_the_built_one_without_rebuilding(kind, params
 
 
 def test_choose_kind_by_map_size():
-    assert I.choose_kind(I.HNSWSQ_FROM - 1) == "hnsw"
-    assert I.choose_kind(I.HNSWSQ_FROM) == I.choose_kind(10_000_000) == "hnswsq"
+    assert I.choose_kind(0) == I.choose_kind(I.HNSWSQ_FROM - 1) == "hnsw"
+    assert I.choose_kind(I.HNSWSQ_FROM) == I.choose_kind(I.IVFPQ_FROM - 1) == "hnswsq"
+    assert I.choose_kind(I.IVFPQ_FROM) == I.choose_kind(10_000_000) == "ivfpq"
     assert 16 <= I.ivf_lists(100) <= I.ivf_lists(2_000_000) == 1414
 
 

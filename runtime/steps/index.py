@@ -10,9 +10,13 @@ the bundle as checksummed arrays, so loading a map reads them instead of rebuild
   graph finds ``rerank x k`` candidates by the codes' approximate similarity; they are re-scored
   exactly against the float16 descriptors (memory-mapped in the bundle, only those rows read).
   The serialized index is read zero-copy from the bundle. RAM: about 530 bytes per segment.
-- ``"ivfpq"`` (faiss IVF-PQ fast-scan, selectable with ``kind``): 64-byte product-quantised codes
-  (128 x 4 bits) in ``nlist`` inverted lists find ``rerank x k`` candidates, re-scored the same
-  way. RAM: about 72 bytes per segment, but lower recall at scale.
+- ``"ivfpq"`` (faiss IVF-PQ fast-scan, from ``IVFPQ_FROM`` segments): 64-byte product-quantised
+  codes (128 x 4 bits) in ``nlist`` inverted lists find ``rerank x k`` candidates, re-scored the
+  same way. RAM: about 75 bytes per segment.
+
+Measured by ``benchmarks/scale.py`` (README, "Large maps"): at 0.2M segments HNSW-SQ's top-50
+recall is 0.990 against IVF-PQ's 0.956; at 2.2M segments (synthetic) 0.54 against 0.78, with 40x
+the build time and 0.9 GB more peak RSS, so IVF-PQ takes over between the two.
 
 An exact (chunked numpy) path measures each kind's recall. Search runs in float32 (numpy has
 no fast float16 matmul).
@@ -30,6 +34,7 @@ from segvlad_edge.runtime.mapfiles.bundle import BundleError
 KINDS = ("hnsw", "hnswsq", "ivfpq")
 KIND_NAMES = {"hnsw": "HNSW", "hnswsq": "HNSW-SQ", "ivfpq": "IVF-PQ"}     # as messages and reports name them
 HNSWSQ_FROM = 1_000             # segments (about 50 images): from here HNSW-SQ8, below hnswlib
+IVFPQ_FROM = 1_000_000          # segments (about 45k images): from here IVF-PQ
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
 HNSWSQ = {"m": 32, "ef_construction": 40, "ef": 400, "rerank": 4, "qtype": "QT_8bit", "train_max": 100_000, "seed": 0}
 IVFPQ = {"pq_m": 128, "nprobe": 32, "rerank": 32, "train_max": 100_000, "seed": 0}
@@ -42,8 +47,8 @@ class StoredIndexError(BundleError):
 
 
 def choose_kind(n_segments: int) -> str:
-    """``"hnsw"`` (hnswlib) under HNSWSQ_FROM segments, ``"hnswsq"`` from there."""
-    return "hnswsq" if n_segments >= HNSWSQ_FROM else "hnsw"
+    """``"hnsw"`` (hnswlib) under HNSWSQ_FROM segments, ``"hnswsq"`` under IVFPQ_FROM, else ``"ivfpq"``."""
+    return "ivfpq" if n_segments >= IVFPQ_FROM else "hnswsq" if n_segments >= HNSWSQ_FROM else "hnsw"
 
 
 def ivf_lists(n_segments: int) -> int:
