@@ -26,7 +26,7 @@ import click  # noqa: E402
 
 from segvlad_edge.engines.manifest import EngineError, default_engines_dir, list_manifests, load_manifest  # noqa: E402
 from segvlad_edge.errors import SegvladError, printable, require  # noqa: E402
-from segvlad_edge.runtime.settings import bounds  # noqa: E402
+from segvlad_edge.runtime.settings import CONFS, bounds  # noqa: E402
 from segvlad_edge.runtime.steps.index import HNSWSQ_FROM, IVFPQ_FROM, KINDS  # noqa: E402
 
 USER_ERRORS: tuple[type[BaseException], ...] = (SegvladError, OSError)
@@ -165,7 +165,6 @@ def _pipeline(method: str, engines_dir, size, order, segmenter, pca_dims, thread
     import dataclasses
 
     from segvlad_edge.runtime.pipeline import make_pipeline
-    from segvlad_edge.runtime.settings import CONFS
 
     overrides = {k: v for k, v in {"order": order, "segmenter": segmenter}.items() if v is not None}
     if pca_dims is not None:
@@ -190,10 +189,11 @@ def pipeline_options(compare: bool = False):
             click.option("--segmenter", type=click.Choice(["featclust", "grid", "sam"]), default=None,
                          help="Base segments (default: featclust for segvlad, grid for grid; global has none)."),
             click.option("--order", type=click.IntRange(*bounds("order")), default=None,
-                         help="SuperSegment neighbourhood order o (default: 3; global: 0)."),
+                         help=f"SuperSegment neighbourhood order o (default: {CONFS['segvlad'].order}; "
+                              f"global: {CONFS['global'].order})."),
             click.option("--pca-dims", type=click.IntRange(0, bounds("pca_dims")[1]), default=None,
                          help=f"PCA dimensions, {bounds('pca_dims')[0]}..{bounds('pca_dims')[1]} or 0 for no PCA "
-                              "(default: 256; global: no PCA)."),
+                              f"(default: {CONFS['segvlad'].pca_dims}; global: no PCA)."),
             click.option("--threads", type=click.IntRange(1, 256), default=None,
                          help="onnxruntime CPU threads (default: onnxruntime's, one per core)."),
         ]):
