@@ -407,8 +407,10 @@ def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fp
             raise click.BadParameter(str(e), param_hint="--near") from None
     if save_vis is not None and map_path.is_dir():
         raise click.UsageError("--save-vis needs a map bundle file; explanations of a map folder are not supported")
+    _no_domain_for_folders(map_path, domain)
     loc = _open_localizer(map_path, engines_dir, domain, device, threads, near)
-    inputs = [map_path] + ([Path(video)] if video else []) + ([domain] if domain else []) \
+    inputs = [map_path] + (loc.files() if map_path.is_dir() else []) + ([Path(video)] if video else []) \
+        + ([domain] if domain else []) \
         + (list_images(images_dir) if images_dir and images_dir.is_dir() else [])
     sinks = open_sinks(out_targets, inputs, loc.positions.kind if loc.positions else None)
     try:
@@ -436,6 +438,11 @@ def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fp
         sinks.close()
     if stop.is_set():
         click.echo(f"stopped after {stats['frames']} frames", err=True)
+
+
+def _no_domain_for_folders(map_path: Path, domain) -> None:
+    if domain is not None and map_path.is_dir():
+        raise click.UsageError("--domain applies to a map bundle file; a map folder carries its own fit (fit.domain)")
 
 
 def _open_localizer(map_path, engines_dir, domain, device: str, threads, near=None):
@@ -675,6 +682,7 @@ def verify_cmd(map_path, engines_dir, domain):
     """Check a bundle or map folder end to end (checksums, consistency, engine and domain fit, retrieval); exit 1 on any failure."""
     from segvlad_edge.runtime import verify
 
+    _no_domain_for_folders(map_path, domain)
     results = (verify.verify_folder(map_path, engines_dir) if map_path.is_dir()
                else verify.verify_bundle(map_path, engines_dir, domain))
     for check, ok, detail in results:

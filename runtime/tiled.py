@@ -30,7 +30,7 @@ from segvlad_edge.files import sha256_file
 from segvlad_edge.runtime.localizer import Answer, Localizer, engine_for
 from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 from segvlad_edge.runtime.mapfiles.domain import load_domain
-from segvlad_edge.runtime.mapfiles.tiles import TileIndexError, bbox_distance_m, read_index
+from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME, TileIndexError, bbox_distance_m, read_index
 from segvlad_edge.runtime.pipeline import FramePipeline, make_pipeline
 from segvlad_edge.runtime.settings import Settings
 from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW
@@ -116,13 +116,20 @@ class TiledLocalizer(Localizer):
         if t in self.loaded:
             self.loaded.move_to_end(t)
             return self.loaded[t]
-        tile = self._load(t)
+        tile = self.load_tile(t)
         self.loaded[t] = tile
         for old in [u for u in self.loaded if u not in keep and u != t][:max(len(self.loaded) - self.capacity, 0)]:
             del self.loaded[old]
         return tile
 
-    def _load(self, t: int) -> Tile:
+    def files(self) -> list[Path]:
+        """Every file of the map folder (tile index, shared fit, tiles): inputs no output may replace."""
+        return [self.path / INDEX_NAME, self.path / self.doc["fit"]["file"]] + \
+            [self.path / t["file"] for t in self.doc["tiles"]]
+
+    def load_tile(self, t: int) -> Tile:
+        """Tile ``t`` read and checked against the tile index (sha256, images, engine, settings, fit,
+        verification coder, positions inside its bounding box); TileIndexError where it disagrees."""
         rec, doc = self.doc["tiles"][t], self.doc
         path = self.path / rec["file"]
         if not path.is_file() or sha256_file(path) != rec["sha256"]:
@@ -145,8 +152,11 @@ class TiledLocalizer(Localizer):
                 and (gps[:, 1] >= lon0).all() and (gps[:, 1] <= lon1).all()):
             raise TileIndexError(f"{path}: its images' positions lie outside the tile index's bounding box")
         self.positions.fill(int(self.first[t]), b.images)
-        index = open_index(b)
-        index.prepare()
+        if len(b.segment_image) < EXACT_BELOW:          # searched exactly: its stored graph is not read into RAM
+            index = SegmentIndex(b.arrays["descriptors"])
+        else:
+            index = open_index(b)
+            index.prepare()
         return Tile(b, index, b.segment_image + self.first[t])
 
     def tile_of(self, i: int) -> tuple[int, int]:

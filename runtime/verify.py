@@ -62,6 +62,7 @@ def verify_folder(folder: str | Path, engines_dir=None) -> list[tuple[str, bool,
     checks a bundle (on the folder's shared fit), after its sha256 against the index."""
     from segvlad_edge.files import sha256_file
     from segvlad_edge.runtime.mapfiles.tiles import read_index
+    from segvlad_edge.runtime.tiled import TiledLocalizer
 
     folder = Path(folder)
     try:
@@ -74,10 +75,22 @@ def verify_folder(folder: str | Path, engines_dir=None) -> list[tuple[str, bool,
     fit_ok = fit.is_file() and sha256_file(fit) == doc["fit"]["sha256"]
     results.append(("shared fit", fit_ok, doc["fit"]["file"] + (" matches the index" if fit_ok else
                                                                  " is missing or differs from the index")))
-    for t in doc["tiles"]:
+    try:
+        tiled = TiledLocalizer.open(folder, engines_dir) if fit_ok else None
+    except SegvladError as e:
+        tiled = None
+        results.append(("engine/fit", False, str(e)))
+    for i, t in enumerate(doc["tiles"]):
         path = folder / t["file"]
         if not path.is_file() or sha256_file(path) != t["sha256"]:
             results.append((t["file"], False, "missing, or its sha256 differs from the tile index's"))
             continue
+        if tiled is not None:
+            try:
+                tiled.load_tile(i)                  # the checks a localizer makes on loading the tile
+                results.append((f"{t['file']} against the tile index", True, "images, engine, settings, fit, "
+                                "coder and positions agree"))
+            except SegvladError as e:
+                results.append((f"{t['file']} against the tile index", False, str(e)))
         results += [(f"{t['file']} {check}", ok, detail) for check, ok, detail in verify_bundle(path, engines_dir, fit)]
     return results

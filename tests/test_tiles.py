@@ -162,6 +162,8 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
     index.write_text(json.dumps(doc))
     with pytest.raises(TileIndexError, match="outside the tile index's bounding box"):
         TiledLocalizer.open(folder, engines_dir).rank_descriptors(np.asarray(maps["loc"].bundle.arrays["descriptors"][:3]))
+    r = cli("verify", folder, "--engines", engines_dir)             # verify makes the localizer's checks too
+    assert r.returncode == 1 and "outside the tile index's bounding box" in r.stdout
     for field, value, message in (("version", 2, "newer than"), ("images", -3, "images: -3 is below 1"),
                                   ("tile_m", "far", "tile_m: 'far' is not a number"),
                                   ("calib_negatives", [0.5, 0.2], "not sorted")):
@@ -234,7 +236,7 @@ def test_build_map_tile_m_and_localize_near_end_to_end(datasets, engines_dir, tm
     assert "12 images" in r.stdout and "6 tiles of 510 m" in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "poses.csv", "queries", "site"]
     r = cli("verify", out, "--engines", engines_dir)
-    assert r.returncode == 0 and "FAIL" not in r.stdout and r.stdout.count("ok  ") == 2 + 6 * 5, r.stdout
+    assert r.returncode == 0 and "FAIL" not in r.stdout and r.stdout.count("ok  ") == 2 + 6 * 6, r.stdout
     r = cli("localize", "--map", out, "--near", f"{lat_of(0)},9.0,100", "--images", queries, "--engines", engines_dir,
             "--threads", "2")
     assert r.returncode == 0, r.stderr
@@ -249,12 +251,37 @@ def test_build_map_tile_m_and_localize_near_end_to_end(datasets, engines_dir, tm
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not an empty folder" in r.stderr
 
 
-def test_map_argument_errors_are_one_line(maps, tmp_path):
+def test_map_argument_errors_are_one_line(maps, engines_dir, tmp_path):
     r = cli("localize", "--map", tmp_path, "--images", tmp_path)                      # a folder that is no map folder
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "without tiles.json" in r.stderr
     r = cli("localize", "--map", maps["single"], "--near", "45,9", "--images", tmp_path)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--near selects the tiles of a map folder" in r.stderr
     r = cli("localize", "--map", maps["folder"], "--save-vis", tmp_path / "vis", "--images", tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--save-vis needs a map bundle" in r.stderr
+    index = maps["folder"] / "tiles.json"
+    before = index.read_bytes()
+    for target in (index, maps["folder"] / "fit.domain"):               # a map folder's files are inputs
+        r = cli("localize", "--map", maps["folder"], "--images", tmp_path, "--out", target, "--engines", engines_dir)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "input of this command" in r.stderr, r.stderr
+    assert index.read_bytes() == before
+    r = cli("localize", "--map", maps["folder"], "--domain", maps["folder"] / "fit.domain", "--images", tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "a map folder carries its own fit" in r.stderr
     r = cli("build-map", tmp_path, "--add", maps["single"], "--tile-m", "100")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--tile-m writes a new map folder" in r.stderr
+
+
+def test_tiles_and_positions_across_the_antimeridian():
+    from segvlad_edge.runtime.mapfiles.tiles import bbox_distance_m
+    from segvlad_edge.runtime.steps.position import MapPositions, from_plane, to_plane
+
+    # a tile just west of 180 deg E is about 200 m from a point just east of it, not the globe away
+    d = bbox_distance_m(np.array([[-17.0, -179.999, -16.99, -179.99]]), -17.0, 179.999)
+    assert 150 < d[0] < 250, d
+    assert bbox_distance_m(np.array([[-17.0, 179.99, -16.99, 179.999]]), -17.0, 179.995)[0] == 0
+    en = to_plane(np.array([[-17.0, 179.999], [-17.0, -179.999]]), (-17.0, 180.0))
+    assert abs(en[1, 0] - en[0, 0] - 212.7) < 1 and abs(en[0, 1]) < 1e-6
+    ll = from_plane(en, (-17.0, 180.0))
+    np.testing.assert_allclose(ll, [[-17.0, 179.999], [-17.0, -179.999]], atol=1e-9)
+    pos = MapPositions.from_images([{"name": "a", "meta": {"gps": [-17.0, 179.999]}},
+                                    {"name": "b", "meta": {"gps": [-17.0, -179.999]}}])
+    assert abs(abs(pos.origin[1]) - 180.0) < 1e-6 and np.ptp(pos.xy[:, 0]) < 300

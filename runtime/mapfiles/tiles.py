@@ -133,6 +133,7 @@ def bbox_distance_m(bboxes: np.ndarray, lat: float, lon: float) -> np.ndarray:
     the point (``lat``, ``lon``) to each box's nearest point (0 inside), on the tangent plane at
     the point (exact to centimetres over a few km)."""
     b = np.asarray(bboxes, np.float64).reshape(-1, 4)
+    lon = lon - 360.0 * np.round((lon - (b[:, 1] + b[:, 3]) / 2) / 360.0)    # the box's side of the antimeridian
     near = np.stack([np.clip(lat, b[:, 0], b[:, 2]), np.clip(lon, b[:, 1], b[:, 3])], 1)
     return np.linalg.norm(to_plane(near, (lat, lon)), axis=1)
 

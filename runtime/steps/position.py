@@ -83,7 +83,8 @@ class MapPositions:
         xy = full[:, :2].copy()
         if kind == "gps":
             known = np.isfinite(xy).all(1)
-            origin = (float(xy[known, 0].mean()), float(xy[known, 1].mean()))
+            lon_ref = xy[known, 1][0] if known.any() else 0.0      # mean longitude across the antimeridian too
+            origin = (float(xy[known, 0].mean()), float(wrap_lon(lon_ref + wrap_lon(xy[known, 1] - lon_ref).mean())))
             xy = to_plane(xy, origin)
         return cls(kind, xy, full[:, 2], origin, _spacing(xy))
 
@@ -129,10 +130,17 @@ class MapPositions:
                 "z": None if z is None else round(z, 4), "sigma_m": round(sigma_m, 4)}
 
 
+def wrap_lon(deg):
+    """Longitude(s) in degrees -> the same in [-180, 180)."""
+    return (np.asarray(deg, np.float64) + 180.0) % 360.0 - 180.0
+
+
 def to_plane(latlon: np.ndarray, origin: tuple[float, float]) -> np.ndarray:
-    """``[N, 2]`` degrees -> ``[N, 2]`` (east, north) metres on the tangent plane at ``origin``."""
+    """``[N, 2]`` degrees -> ``[N, 2]`` (east, north) metres on the tangent plane at ``origin``
+    (longitude differences taken the short way round, across the antimeridian too)."""
     lat0, lon0 = origin
-    d = np.radians(latlon - np.asarray(origin))
+    ll = np.asarray(latlon, np.float64)
+    d = np.radians(np.stack([ll[:, 0] - lat0, wrap_lon(ll[:, 1] - lon0)], 1))
     return np.stack([d[:, 1] * EARTH_RADIUS_M * math.cos(math.radians(lat0)), d[:, 0] * EARTH_RADIUS_M], 1)
 
 
@@ -140,7 +148,7 @@ def from_plane(en: np.ndarray, origin: tuple[float, float]) -> np.ndarray:
     """Inverse of ``to_plane``."""
     lat0, lon0 = origin
     lat = lat0 + np.degrees(en[:, 1] / EARTH_RADIUS_M)
-    lon = lon0 + np.degrees(en[:, 0] / (EARTH_RADIUS_M * math.cos(math.radians(lat0))))
+    lon = wrap_lon(lon0 + np.degrees(en[:, 0] / (EARTH_RADIUS_M * math.cos(math.radians(lat0)))))
     return np.stack([lat, lon], 1)
 
 
