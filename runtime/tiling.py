@@ -30,33 +30,25 @@ from segvlad_edge.runtime.mapfiles.tiles import FIT_NAME, FOLDER_FORMAT, FOLDER_
 from segvlad_edge.runtime.mapping import BuildSummary, MapBuildError, build_map
 from segvlad_edge.runtime.pipeline import FramePipeline
 from segvlad_edge.runtime.steps.index import store_index
-from segvlad_edge.runtime.steps.position import MapPositions, to_plane
-
-
-def gps_of(meta: dict | None) -> tuple[float, float] | None:
-    """(lat, lon) of an image's metadata, None without a valid one."""
-    gps = (meta or {}).get("gps")
-    if not isinstance(gps, list) or len(gps) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                              and np.isfinite(v) for v in gps[:2]):
-        return None
-    lat, lon = float(gps[0]), float(gps[1])
-    return (lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
+from segvlad_edge.runtime.steps.position import MapPositions, latlon_of
 
 
 def check_positions(names: list[str], metadata: dict[str, dict]) -> None:
-    """Every image needs a lat/lon position to be tiled; raises MapBuildError naming the first without."""
-    missing = [n for n in names if gps_of(metadata.get(n)) is None]
+    """Every image needs a lat/lon position (``meta.gps``, read as the position estimate reads it,
+    in range) to be tiled; raises MapBuildError naming the first without."""
+    latlon = latlon_of([{"meta": metadata.get(n)} for n in names])
+    with np.errstate(invalid="ignore"):
+        valid = (np.abs(latlon[:, 0]) <= 90) & (np.abs(latlon[:, 1]) <= 180)       # NaN: no position
+    missing = [n for n, ok in zip(names, valid) if not ok]
     if missing:
         raise MapBuildError(f"--tile-m needs a lat/lon position for every image; {len(missing)} of {len(names)} have "
                             f"none (e.g. {missing[0]!r}): give them by EXIF GPS, @-style names or --metadata CSV "
                             "lat,lon columns")
 
 
-def tile_keys(latlon: np.ndarray, origin: tuple[float, float], tile_m: float) -> np.ndarray:
-    """``latlon [I, 2]`` degrees -> ``[I, 2] int64`` (east, north) index of each image's tile square;
-    the squares start at the south-west corner of the images' extent (east/north metres on the
-    tangent plane at ``origin``)."""
-    en = to_plane(latlon, origin)
+def tile_keys(en: np.ndarray, tile_m: float) -> np.ndarray:
+    """``en [I, 2]`` (east, north) metres (``MapPositions.xy``) -> ``[I, 2] int64`` index of each
+    image's tile square; the squares start at the south-west corner of the images' extent."""
     return np.floor((en - en.min(0)) / tile_m).astype(np.int64)
 
 
@@ -90,9 +82,9 @@ def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike
     index (``store_index``). Returns the tile index written."""
     names = [img["name"] for img in bundle.images]
     check_positions(names, {img["name"]: img.get("meta") for img in bundle.images})
-    positions = MapPositions.from_images(bundle.images)
-    latlon = np.array([gps_of(img.get("meta")) for img in bundle.images], np.float64)
-    keys = tile_keys(latlon, positions.origin, tile_m)
+    positions = MapPositions.from_images(bundle.images)          # every image has GPS: xy on the GPS plane
+    latlon = latlon_of(bundle.images)
+    keys = tile_keys(positions.xy, tile_m)
     groups = defaultdict(list)
     for i, key in enumerate(map(tuple, keys)):
         groups[key].append(i)
