@@ -172,6 +172,13 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
         index.write_text(json.dumps(doc))
         with pytest.raises(TileIndexError, match=message):
             read_index(folder)
+    doc = read_index(maps["folder"])
+    doc["tiles"][0]["images"] += 10**8 - doc["images"]  # re-sealed: a count that would size arrays of 1e8 images
+    doc["images"] = 10**8
+    doc["checksum"] = checksum(doc)
+    index.write_text(json.dumps(doc))
+    with pytest.raises(TileIndexError, match="claims 999999.. images, more than the file can hold"):
+        read_index(folder)
     r = cli("inspect", maps["folder"])
     assert r.returncode == 0 and "111 in 6 tiles of 1003 m" in r.stdout and r.stdout.count("tile_e") == 6
 

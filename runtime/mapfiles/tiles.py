@@ -92,7 +92,20 @@ def read_index(folder: str | os.PathLike) -> dict:
     if doc.get("checksum") != checksum(doc):
         raise TileIndexError(f"{printable(path)}: checksum mismatch: the tile index was changed or corrupted")
     check_index(doc, folder)
+    check_tile_sizes(doc, folder)
     return doc
+
+
+def check_tile_sizes(doc: dict, folder: Path) -> None:
+    """Each present tile file is large enough for the images the index claims for it (per image a
+    bundle holds at least its label map, one byte per patch, and its segment count): a tampered
+    count is refused here, before anything is sized by it. Missing files fail when the tile loads."""
+    min_bytes = int(np.prod(doc["engine"]["patch_grid"])) + 4
+    for t in doc["tiles"]:
+        path = folder / t["file"]
+        if path.is_file() and t["images"] * min_bytes > path.stat().st_size:
+            raise TileIndexError(f"{printable(path)}: the tile index claims {t['images']} images, more than the "
+                                 "file can hold")
 
 
 def check_index(doc: dict, where) -> None:
