@@ -506,9 +506,9 @@ def explain(query, map_path, out, top, map_images, engines_dir, domain):
 @click.argument("dataset_dir", type=click.Path(path_type=Path), nargs=-1, required=True)
 @pipeline_options(compare=True)
 @fit_options
-@click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Score this existing bundle instead: the arguments are then folders of query images, correct "
-                   "when within 25 m of a map image (positions from @utm@ names or --metadata).")
+@click.option("--map", "map_path", type=click.Path(path_type=Path), default=None,
+              help="Score this existing map bundle or map folder instead: the arguments are then folders of query "
+                   "images, correct when within 25 m of a map image (positions from @utm@ names or --metadata).")
 @click.option("--metadata", "metadata_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --map: CSV of query positions (name relative to its folder, lat, lon).")
 @index_option()
@@ -558,23 +558,26 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
 
 
 def _eval_map(map_path, query_dirs, metadata_csv, engines_dir, domain, threads, exact, as_json, quiet):
-    """``eval --map``: an existing bundle scored on query folders with positions (25 m radius)."""
+    """``eval --map``: an existing bundle or map folder (all tiles) scored on query folders with
+    positions (25 m radius)."""
     from segvlad_edge.runtime import evaluate
     from segvlad_edge.runtime.mapfiles import metadata
     from segvlad_edge.runtime.inputs.datasets import from_positions
-    from segvlad_edge.runtime.localizer import Localizer
+    from segvlad_edge.runtime.tiled import open_map
 
-    loc = Localizer.from_bundle(map_path, engines_dir, threads=threads, domain=domain)
-    root = Path(os.path.commonpath([d.resolve() for d in query_dirs]))
-    queries = [(p.resolve().relative_to(root).as_posix(), p.resolve()) for d in query_dirs for _, p in _image_list(d)]
+    _no_domain_for_folders(map_path, domain)
+    loc = open_map(map_path, engines_dir, threads=threads, domain=domain)
+    dirs = [Path(os.path.abspath(d)) for d in query_dirs]     # not resolved: a symlinked image keeps its name
+    root = Path(os.path.commonpath(dirs))
+    queries = [((d / name).relative_to(root).as_posix(), d / name) for d in dirs for name, _ in _image_list(d)]
     meta = {n: metadata.from_name(n) for n, _ in queries}
     if metadata_csv:
         for n, m in metadata.read_csv(metadata_csv, [n for n, _ in queries]).items():
             meta[n] = {**meta[n], **m}
-    ds = from_positions(root, loc.names, [img.get("meta", {}) for img in loc.bundle.images],
+    ds = from_positions(root, loc.names, [loc.image(i).get("meta", {}) for i in range(len(loc.names))],
                         [p for _, p in queries], [meta[n] for n, _ in queries])
     r = evaluate.score(loc, ds, progress=not quiet and not as_json, exact=exact)
-    r["method"] = loc.bundle.meta["settings"]["segmenter"]
+    r["method"] = loc.meta["settings"]["segmenter"]
     if as_json:
         click.echo(json.dumps({k: v for k, v in r.items() if k not in ("hits", "per_query")}))
     else:

@@ -43,11 +43,11 @@ def evaluate(pipe: FramePipeline, ds: Dataset, work_dir: str | Path, progress: b
 
 
 def score(loc: Localizer, ds: Dataset, progress: bool = True, exact: bool = False) -> dict:
-    """Localise every query of ``ds`` against the map ``loc`` holds (map images matched by name)."""
+    """Localise every query of ``ds`` against the map ``loc`` holds (map images matched by name; a
+    map folder's localizer too, where ``ds`` has no leave-one-out queries)."""
     index_of = {name: i for i, name in enumerate(loc.names)}
     # map image index in the bundle (skipped images shift it) -> dataset map index
     bundle_to_ds = {index_of[ds.name(p)]: i for i, p in enumerate(ds.map_images) if ds.name(p) in index_of}
-    offsets = loc.bundle.segment_offsets
     first = np.full(len(ds.queries), -1)           # rank (0-based) of the first correct map image, -1: none in top 10
     top1 = np.full(len(ds.queries), -1)            # dataset map index answered first
     stage_ms: dict[str, list] = {}
@@ -59,6 +59,7 @@ def score(loc: Localizer, ds: Dataset, progress: bool = True, exact: bool = Fals
             b = index_of.get(ds.name(q))
             if b is None:
                 continue
+            offsets = loc.bundle.segment_offsets
             ranked = loc.rank_descriptors(loc.bundle.arrays["descriptors"][offsets[b]:offsets[b + 1]],
                                           top=max(RECALL_AT), exact=exact, exclude_images=[b])
             codes = loc.bundle.arrays.get("verify_codes")
@@ -81,17 +82,14 @@ def score(loc: Localizer, ds: Dataset, progress: bool = True, exact: bool = Fals
         top1[qi] = top[0] if top else -1
     hits = np.stack([(first >= 0) & (first < n) for n in RECALL_AT], axis=1)
     n_img = max(len(loc.names), 1)
-    search_bytes = loc.index.resident_bytes()       # RAM-resident search data; descriptors stay memory-mapped
-    verify_bytes = loc.bundle.arrays["verify_codes"].nbytes if "verify_codes" in loc.bundle.arrays else 0
+    sizes = loc.map_sizes()                         # search data in RAM; descriptors and codes stay memory-mapped
     result = {f"recall@{n}": round(float(hits[:, j].mean()), 4) for j, n in enumerate(RECALL_AT)}
     result.update({
-        "queries": len(ds.queries), "map_images": len(loc.names), "layout": ds.layout,
-        "fit": loc.bundle.meta["fit"]["source"],
-        "segments_per_image": round(len(loc.bundle.arrays["descriptors"]) / n_img, 1),
-        "bundle_bytes": loc.bundle.path.stat().st_size if loc.bundle.path else 0,
-        "bytes_per_image": round(loc.bundle.path.stat().st_size / n_img) if loc.bundle.path else 0,
-        "descriptor_bytes_per_image": round(search_bytes / n_img), "index": loc.index.kind,
-        "verification_bytes_per_image": round(verify_bytes / n_img),
+        "queries": len(ds.queries), "map_images": len(loc.names), "layout": ds.layout, "fit": sizes["fit"],
+        "segments_per_image": round(sizes["segments"] / n_img, 1),
+        "bundle_bytes": sizes["file_bytes"], "bytes_per_image": round(sizes["file_bytes"] / n_img),
+        "descriptor_bytes_per_image": round(sizes["search_bytes"] / n_img), "index": sizes["index"],
+        "verification_bytes_per_image": round(sizes["verify_bytes"] / n_img),
         "query_ms": {k: round(float(np.median(v)), 2) for k, v in stage_ms.items()},
         "eval_seconds": round(time.perf_counter() - t0, 1), "skipped": failures,
         "hits": hits[:, 0].tolist(),

@@ -62,6 +62,14 @@ def engine_for(sig: dict, where, engines_dir=None, backend: str | None = None):
     return m
 
 
+def bundle_sizes(bundle: MapBundle, search_bytes: int, kind: str) -> dict:
+    """``Localizer.map_sizes`` of one bundle whose index holds ``search_bytes`` in RAM."""
+    a = bundle.arrays
+    return {"segments": len(a["descriptors"]), "file_bytes": bundle.path.stat().st_size if bundle.path else 0,
+            "search_bytes": int(search_bytes), "verify_bytes": a["verify_codes"].nbytes if "verify_codes" in a else 0,
+            "index": kind, "fit": bundle.meta["fit"]["source"]}
+
+
 class Localizer:
     """A map bundle's localizer. What the answer path reads of the map goes through ``meta``
     (engine, settings), ``hits``, ``image``, ``coder`` and ``map_codes``, which the tiled
@@ -135,6 +143,12 @@ class Localizer:
     def image(self, i: int) -> dict:
         """Map image ``i``'s table entry (``name``, optional ``meta``)."""
         return self.bundle.images[i]
+
+    def map_sizes(self) -> dict:
+        """What the map holds, for reports: ``segments``, ``file_bytes`` (on disk), ``search_bytes``
+        (the RAM-resident search data), ``verify_bytes`` (memory-mapped verification codes), ``index``
+        (its kind) and ``fit`` (where its vocabulary/PCA came from)."""
+        return bundle_sizes(self.bundle, self.index.resident_bytes(), self.index.kind)
 
     def patch_codes(self, features: np.ndarray) -> np.ndarray | None:
         """A frame's patch ``features [P, C] float32`` -> ``[P, d] float16`` codes for verification

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.files import sha256_file
-from segvlad_edge.runtime.localizer import Answer, Localizer, engine_for
+from segvlad_edge.runtime.localizer import Answer, Localizer, bundle_sizes, engine_for
 from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 from segvlad_edge.runtime.mapfiles.domain import load_domain
 from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME, TileIndexError, bbox_distance_m, read_index
@@ -187,6 +187,22 @@ class TiledLocalizer(Localizer):
     def image(self, i: int) -> dict:
         t, j = self.tile_of(i)
         return self.tile(t, keep=self.keep).bundle.images[j]
+
+    def map_sizes(self) -> dict:
+        """``Localizer.map_sizes`` summed over every tile (each loaded in turn); ``file_bytes``
+        includes the tile index and the shared fit, ``index`` names the kinds the tiles use ("exact":
+        a tile searched without its graph, whose descriptors are then the search data)."""
+        parts = []
+        for t in range(len(self.doc["tiles"])):
+            tile = self.tile(t)
+            exact = len(tile.segment_image) < EXACT_BELOW
+            parts.append(bundle_sizes(tile.bundle, tile.bundle.arrays["descriptors"].nbytes if exact
+                                      else tile.index.resident_bytes(), "exact" if exact else tile.index.kind))
+        out = {k: sum(p[k] for p in parts) for k in ("segments", "file_bytes", "search_bytes", "verify_bytes")}
+        out["file_bytes"] += sum(f.stat().st_size for f in self.files()[:2])
+        out["index"] = "+".join(dict.fromkeys(p["index"] for p in parts))
+        out["fit"] = "map folder's shared fit"
+        return out
 
     def rank_descriptors(self, desc, top=10, exact=False, exclude_images=None, ms=None):
         if exclude_images:

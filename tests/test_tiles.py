@@ -292,3 +292,31 @@ def test_tiles_and_positions_across_the_antimeridian():
     pos = MapPositions.from_images([{"name": "a", "meta": {"gps": [-17.0, 179.999]}},
                                     {"name": "b", "meta": {"gps": [-17.0, -179.999]}}])
     assert abs(abs(pos.origin[1]) - 180.0) < 1e-6 and np.ptp(pos.xy[:, 0]) < 300
+
+
+def test_eval_scores_a_map_folder_like_its_single_bundle(maps, datasets, engines_dir, tmp_path):
+    """eval --map takes a map folder: every tile searched, the same recall and sizes as the bundle."""
+    queries = tmp_path / "q"
+    queries.mkdir()
+    rows = ["name,lat,lon"]
+    for i, p in enumerate(sorted((datasets / "corridor" / "query").iterdir())[:40:8]):
+        (queries / p.name).symlink_to(p)
+        rows.append(f"{p.name},{lat_of(i * 8):.8f},9.0")             # query i shows map image i; 50 m apart
+    (tmp_path / "q.csv").write_text("\n".join(rows) + "\n")
+    res = {}
+    for kind in ("single", "folder"):
+        r = cli("eval", "--map", maps[kind], queries, "--metadata", tmp_path / "q.csv", "--exact", "--json",
+                "--engines", engines_dir, "--threads", "2")
+        assert r.returncode == 0, r.stderr
+        res[kind] = json.loads(r.stdout.strip().splitlines()[-1])
+    single, folder = res["single"], res["folder"]
+    assert folder["queries"] == 5 and folder["map_images"] == 111 and folder["layout"] == "gps"
+    assert folder["recall@1"] > 0
+    for key in ("recall@1", "recall@5", "recall@10", "answered", "recall@1_answered", "segments_per_image",
+                "verification_bytes_per_image"):
+        assert folder[key] == single[key], key
+    assert folder["index"] == "exact" and folder["fit"] == "map folder's shared fit"
+    assert folder["bundle_bytes"] > 0 and folder["descriptor_bytes_per_image"] > 0
+    r = cli("eval", "--map", maps["folder"], queries, "--metadata", tmp_path / "q.csv", "--domain",
+            maps["folder"] / "fit.domain", "--engines", engines_dir)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--domain" in r.stderr
