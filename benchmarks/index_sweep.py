@@ -132,6 +132,7 @@ def main():
     ap.add_argument("--nprobe", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--rerank", type=int, nargs="+", default=[2, 8, 32])
     ap.add_argument("--train", type=int, default=200_000)
+    ap.add_argument("--implem", type=int, nargs="+", default=[0], help="faiss fast-scan implementations (0: auto)")
     a = ap.parse_args()
     x16, n_real, mean, chol = map_descriptors(a.work, a.images)
     rng = np.random.default_rng(1)
@@ -144,7 +145,7 @@ def main():
           f"{time.perf_counter() - t:.0f} s; queries: " + ", ".join(f"{n} {len(q)}" for n, q in sets.items()), flush=True)
     train = np.asarray(x16[np.sort(np.random.default_rng(0).choice(len(x16), min(len(x16), a.train), replace=False))],
                        np.float32)
-    print(f"{'index':>8s} {'nlist':>6s} {'quant':>5s} {'build s':>7s} {'B/seg':>6s} {'nprobe':>6s} {'rerank':>6s} {'refine':>6s} "
+    print(f"{'index':>8s} {'nlist':>6s} {'quant':>5s} {'build s':>7s} {'B/seg':>6s} {'nprobe':>6s} {'rerank':>6s} {'refine':>6s} {'implem':>6s} "
           + " ".join(f"{n + ' recall':>16s} {'ms/frame':>8s} {'(rescore)':>9s}" for n in sets), flush=True)
     for spec in a.specs:
         kind, nlist, quant, *lists = spec.split(":")
@@ -152,13 +153,20 @@ def main():
         factors = [int(v) for v in lists[1].split(",")] if len(lists) > 1 else [1]
         faiss.omp_set_num_threads(2)
         t = time.perf_counter()
-        idx = build(faiss, kind, x16, int(nlist), train, quant == "hnsw")
+        cached = a.work / f"sweep-{a.images}-{kind.replace('/', '_')}-{nlist}-{quant}.faiss"
+        if cached.is_file():
+            idx = faiss.read_index(str(cached))
+        else:
+            idx = build(faiss, kind, x16, int(nlist), train, quant == "hnsw")
+            faiss.write_index(idx, str(cached))
         tb = time.perf_counter() - t
         nbytes = faiss.serialize_index(idx).nbytes
         faiss.omp_set_num_threads(1)
         ivf = faiss.extract_index_ivf(idx)
-        for nprobe, rr, factor in itertools.product(probes, a.rerank, factors):
+        for nprobe, rr, factor, implem in itertools.product(probes, a.rerank, factors, a.implem):
             ivf.nprobe = nprobe
+            if hasattr(ivf, "implem"):
+                ivf.implem = implem
             if "+" in kind:
                 idx.k_factor = factor
             if quant == "hnsw":
@@ -172,7 +180,7 @@ def main():
                 c2 = time.process_time()
                 per = 1e3 * PER_FRAME / len(q)
                 cols.append(f"{recall(s, exact[name]):16.4f} {(c2 - c0) * per:8.2f} {(c2 - c1) * per:9.2f}")
-            print(f"{kind:>8s} {int(nlist):6d} {quant:>5s} {tb:7.0f} {nbytes / len(x16):6.0f} {nprobe:6d} {rr:6d} {factor:6d} "
+            print(f"{kind:>8s} {int(nlist):6d} {quant:>5s} {tb:7.0f} {nbytes / len(x16):6.0f} {nprobe:6d} {rr:6d} {factor:6d} {implem:6d} "
                   + " ".join(cols), flush=True)
         del idx
 

@@ -38,9 +38,9 @@ HNSWSQ_FROM = 1_000             # segments (about 50 images): from here HNSW-SQ8
 IVFPQ_FROM = 1_000_000          # segments (about 45k images): from here IVF-PQ
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
 HNSWSQ = {"m": 32, "ef_construction": 40, "ef": 400, "rerank": 4, "qtype": "QT_8bit", "train_max": 100_000, "seed": 0}
-IVFPQ = {"pq_m": 128, "nprobe": 32, "rerank": 32, "train_max": 100_000, "seed": 0,
+IVFPQ = {"pq_m": 128, "nprobe": 64, "rerank": 2, "train_max": 300_000, "seed": 0,
          "quantizer": "hnsw", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": False,
-         "refine": "sq8", "refine_factor": 4}
+         "refine": "sq8", "refine_factor": 16}
 SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
 
@@ -55,9 +55,9 @@ def choose_kind(n_segments: int) -> str:
 
 
 def ivf_lists(n_segments: int) -> int:
-    """Inverted lists for an IVF index of ``n_segments`` vectors: about 128 vectors a list, in
-    [16, 65536] (an HNSW graph over the centroids finds the lists to probe)."""
-    return int(np.clip(n_segments // 128, 16, 65536))
+    """Inverted lists for an IVF index of ``n_segments`` vectors: about 1024 vectors a list (the
+    fast scan's cost per probed list outweighs a finer partition's), in [16, 65536]."""
+    return int(np.clip(n_segments // 1024, 16, 65536))
 
 
 class SegmentIndex:
