@@ -124,7 +124,7 @@ def test_stored_ivfpq_structure_is_read_from_the_index():
     new.params.update(nlist=32, train_max=2000)
     meta, stored = new.to_arrays()
     loaded = SegmentIndex(x, "ivfpq", threads=1, meta=meta, stored=stored)
-    assert (loaded.params["quantizer"], loaded.params["by_residual"], loaded.params["refine"]) == ("hnsw", False, "sq8")
+    assert (loaded.params["quantizer"], loaded.params["by_residual"], loaded.params["refine"]) == ("hnsw", True, "sq8")
     assert type(loaded.prepare()).__name__ == "IndexRefine"
     assert loaded.resident_bytes() == stored["index_faiss"].nbytes < 16 * 1024 * len(x) / 22
 

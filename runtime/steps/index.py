@@ -39,7 +39,7 @@ IVFPQ_FROM = 1_000_000          # segments (about 45k images): from here IVF-PQ
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
 HNSWSQ = {"m": 32, "ef_construction": 40, "ef": 400, "rerank": 4, "qtype": "QT_8bit", "train_max": 100_000, "seed": 0}
 IVFPQ = {"pq_m": 128, "nprobe": 64, "rerank": 2, "train_max": 300_000, "seed": 0,
-         "quantizer": "hnsw", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": False,
+         "quantizer": "hnsw", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": True,
          "refine": "sq8", "refine_factor": 16}
 SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
@@ -299,10 +299,11 @@ def _add_all(index: SegmentIndex, idx) -> None:
 
 def _build_ivfpq(index: SegmentIndex):
     """faiss IVF-PQ fast-scan: ``nlist`` inverted lists found by an HNSW graph over their centroids
-    (``quantizer`` "hnsw"; "flat" scans them all), 4-bit codes of ``pq_m`` sub-vectors of the vectors
-    themselves (``by_residual`` False: one lookup table per query, not per list), and with
-    ``refine`` "sq8" an 8-bit scalar-quantised copy (faiss IndexRefine) that re-orders the
-    ``refine_factor x`` candidates of the fast scan before the exact re-scoring."""
+    (``quantizer`` "hnsw"; "flat" scans them all), 4-bit codes of ``pq_m`` sub-vectors of each
+    vector's residual to its list centroid (``by_residual``; False codes the vectors themselves:
+    one lookup table per query, cheaper per list but less accurate), and with ``refine`` "sq8" an
+    8-bit scalar-quantised copy (faiss IndexRefine) that re-orders the ``refine_factor x`` candidates
+    of the fast scan before the exact re-scoring."""
     faiss = _faiss()
     if index.threads > 0:
         faiss.omp_set_num_threads(index.threads)
