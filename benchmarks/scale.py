@@ -75,8 +75,10 @@ def real_map(work: Path, threads: int) -> Path:
     return out
 
 
-def synthetic_bundle(real, n_images: int, rng: np.random.Generator):
-    """The real map extended to ``n_images`` with synthetic images (see the module docstring)."""
+def synthetic_bundle(real, n_images: int, rng: np.random.Generator, verify: bool = False):
+    """The real map extended to ``n_images`` with synthetic images (see the module docstring);
+    ``verify``: with spatial verification data, each synthetic image carrying its template's
+    patch codes."""
     from segvlad_edge.runtime.mapfiles.bundle import VERIFY_ARRAYS, MapBundle
 
     a = real.arrays
@@ -104,23 +106,26 @@ def synthetic_bundle(real, n_images: int, rng: np.random.Generator):
     labels = np.concatenate([a["segment_labels"][:n_real], a["segment_labels"][templates]])
     meta = {k: v for k, v in real.meta.items() if k != "index"}
     meta["images"] = real.images[:n_real] + [{"name": f"synthetic/{i:06d}.jpg"} for i in range(len(templates))]
-    arrays = {k: v for k, v in a.items() if not k.startswith("index_") and k not in VERIFY_ARRAYS}
+    arrays = {k: v for k, v in a.items() if not k.startswith("index_") and (verify or k not in VERIFY_ARRAYS)}
     arrays.update(descriptors=desc, segments_per_image=counts, segment_labels=labels)
+    if verify:
+        codes = np.asarray(a["verify_codes"])
+        arrays["verify_codes"] = np.concatenate([codes[:n_real], codes[templates]])
     return MapBundle(meta, arrays), n_real
 
 
-def make_maps(work: Path, sizes: list[int], threads: int) -> list[dict]:
+def make_maps(work: Path, sizes: list[int], threads: int, verify: bool = False) -> list[dict]:
     from segvlad_edge.runtime.mapfiles.bundle import MapBundle
     from segvlad_edge.runtime.steps.index import KINDS, choose_kind, store_index
 
     real = MapBundle.read(real_map(work, threads))
     rows = []
     for n in sizes:
-        bundle, n_real = synthetic_bundle(real, n, np.random.default_rng(n))
+        bundle, n_real = synthetic_bundle(real, n, np.random.default_rng(n), verify)
         segs = len(bundle.arrays["descriptors"])
         default = choose_kind(segs)
-        for kind in KINDS:
-            path = work / f"scale-{n}-{kind}.segmap"
+        for kind in [default] if verify else KINDS:
+            path = work / f"scale-{n}-{kind}{'-verify' if verify else ''}.segmap"
             if kind != default and segs > BUILD_MAX.get(kind, segs):
                 rows.append({"images": n, "real": n_real, "segments": segs, "kind": kind, "default": False,
                              "path": None})
@@ -143,6 +148,7 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
     """In a fresh process: start-up to the first answer, peak RSS, search+rank ms, recall."""
     from segvlad_edge.runtime.inputs.images import load_image
     from segvlad_edge.runtime.localizer import RANK_DEPTH, Localizer
+    from segvlad_edge.runtime.mapfiles.bundle import CheckedRows
     from segvlad_edge.runtime.steps.ranking import rank
 
     t_imported, cpu0 = time.perf_counter(), time.process_time()
@@ -168,7 +174,11 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
         exact_best = rank(ids, sims, loc.segment_image, len(loc.names), 1, loc.norm).images[:1]
         same.append(exact_best.tolist() == a.ranked.images[:1].tolist())
     synth = synthetic_queries(loc, SYNTHETIC_QUERIES)
-    return {"synth_recall": loc.index.recall(synth, loc.top_k) if synth is not None else float("nan"),
+    t = time.perf_counter()
+    lazy = [a.check_all() for a in loc.bundle.arrays.values() if isinstance(a, CheckedRows)]
+    codes_check_s = time.perf_counter() - t if lazy else float("nan")
+    return {"codes_check_s": codes_check_s,
+            "synth_recall": loc.index.recall(synth, loc.top_k) if synth is not None else float("nan"),
             "startup_s": startup, "imports_s": t_imported - T0, "load_s": t_loaded - t_imported, "rss_mib": rss,
             "anon_mib": anon,
             "search_rank_ms": float(np.median(ms)), "recall": float(np.mean(np.concatenate(hits))),
@@ -211,6 +221,8 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--work", type=Path, default=Path("/work/cache/scale"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--verify", action="store_true",
+                    help="maps with spatial verification data (the kind build-map chooses only)")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     a = ap.parse_args()
     from segvlad_edge.runtime.inputs.images import list_images
@@ -221,11 +233,11 @@ def main():
         print(json.dumps(probe(a.probe, queries, a.threads)))
         return
     a.work.mkdir(parents=True, exist_ok=True)
-    rows = make_maps(a.work, a.sizes, a.threads)
+    rows = make_maps(a.work, a.sizes, a.threads, a.verify)
     print(f"\n{'images':>7s} {'real':>5s} {'segments':>9s} {'index':>7s} {'file MiB':>8s} {'index MiB':>9s} "
           f"{'start-up s':>10s} {'imports':>7s} {'load':>6s} {'load CPU':>8s} {'peak RSS MiB':>12s} {'anon':>8s} "
           f"{'search+rank ms':>14s} {'(CPU ms)':>8s} {'recall':>7s} {'synth':>6s} {'top-1 = exact':>13s} "
-          f"{'RAM KiB/img':>11s}")
+          f"{'RAM KiB/img':>11s} {'codes check s':>13s}")
     for r in rows:
         name = r["kind"] + ("*" if r["default"] else "")
         if r["path"] is None:
@@ -241,14 +253,17 @@ def main():
         print(f"{r['images']:7d} {r['real']:5d} {r['segments']:9d} {name:>7s} {r['path'].stat().st_size / 2**20:8.1f} "
               f"{r['index_mib']:9.1f} {p['startup_s']:10.2f} {p['imports_s']:7.2f} {p['load_s']:6.2f} "
               f"{p['load_cpu_s']:8.2f} {p['rss_mib']:12.0f} {p['anon_mib']:8.0f} {p['search_rank_ms']:14.2f} {p['search_rank_cpu_ms']:8.2f} "
-              f"{p['recall']:7.4f} {p['synth_recall']:6.4f} {p['top1_same']:13.2f} {p['ram_kib_per_image']:11.1f}", flush=True)
+              f"{p['recall']:7.4f} {p['synth_recall']:6.4f} {p['top1_same']:13.2f} {p['ram_kib_per_image']:11.1f} "
+              f"{p.get('codes_check_s', float('nan')):13.2f}", flush=True)
     print(f"load average during the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
           f"on {os.cpu_count()} cores (wall-clock figures include waiting for the CPU; CPU figures do not)")
     print("start-up: process start to first answer minus its DINOv2 pass (imports: Python modules; load: "
           "Localizer.from_bundle = checksums, engine session, index); anon: resident anonymous memory after the "
           "frames (less file-backed pages: the bundle's memory-mapped arrays, libraries); * = the kind build-map chooses; recall: "
           f"top-50 vs exact, tie-aware, over the segments of {QUERIES} real query frames; top-1 = exact: share of "
-          "those frames whose best map image is the exact search's")
+          "those frames whose best map image is the exact search's; codes check s: sha256 + finite check of "
+          "every block of the verification codes after the frames (what loading would add if it hashed them in "
+          "full, as format 3 did; format 4 checks a block when first read)")
 
 
 if __name__ == "__main__":
