@@ -138,10 +138,15 @@ class SegmentIndex:
     def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of ``q [M, d] float32`` over all descriptors (or over ``rows [M, C]`` per query,
         -1 = none), in blocks of EXACT_CHUNK rows."""
-        if rows is not None:            # each query against its own candidates' float16 rows
+        if rows is not None:
             valid = rows >= 0
-            cand = np.asarray(self.descriptors[np.where(valid, rows, 0).ravel()], np.float32)
-            s = np.matmul(cand.reshape(*rows.shape, -1), q[:, :, None])[..., 0]
+            union, where = np.unique(np.where(valid, rows, 0), return_inverse=True)
+            if 2 * len(union) <= rows.size:     # shared candidates (a small map): read once, one product
+                s = np.take_along_axis(q @ np.asarray(self.descriptors[union], np.float32).T,
+                                       where.reshape(rows.shape), 1)
+            else:                               # each query against its own candidates' rows
+                cand = np.asarray(self.descriptors[np.where(valid, rows, 0).ravel()], np.float32)
+                s = np.matmul(cand.reshape(*rows.shape, -1), q[:, :, None])[..., 0]
             s = np.where(valid, s, -np.inf).astype(np.float32)
             top = np.argsort(-s, axis=1, kind="stable")[:, :k]
             return np.where(np.take_along_axis(valid, top, 1), np.take_along_axis(rows, top, 1), -1), \
