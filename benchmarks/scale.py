@@ -21,8 +21,10 @@ HNSW-SQ up to 1M), then a fresh process per bundle measures:
 - peak RSS of that process (VmHWM) after 10 real query frames, engine session included, and its
   resident anonymous memory then (RssAnon: without the file-backed pages of the memory-mapped
   bundle, which the OS can drop);
-- search + ranking ms per frame: median over the 10 frames, wall clock and process CPU time
-  (the machine is shared: the CPU figures are what the work costs);
+- search + ranking ms per frame: median over the 10 frames, wall clock (the frame's first pass)
+  and process CPU time (the minimum of 3 further runs of the frame's search + ranking, its pages
+  already touched: on a shared machine contention for caches and memory inflates CPU time too,
+  and the minimum is the least disturbed run);
 - top-K' (50) recall of the stored index against exact search, tie-aware, over the 10 frames'
   SuperSegment descriptors (most of whose exact neighbours are among the few real map segments,
   an island in the synthetic ones), and over 200 synthetic queries: new draws from the synthetic
@@ -56,6 +58,7 @@ BUILD_MAX = {"hnsw": 100_000, "hnswsq": 1_000_000}   # segments: above these the
 BUILD_NOTE = {"hnsw": "hnswlib build takes too long here",
               "hnswsq": "24 min to build here; measured at PCA 256: recall 0.54"}
 SYNTHETIC_QUERIES = 200
+CPU_REPEATS = 3                  # search + ranking CPU ms: the minimum of this many runs per frame
 
 
 def real_map(work: Path, threads: int) -> Path:
@@ -165,9 +168,12 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
             continue
         d = loc.pipeline.describe(a.frame)
         time.sleep(0.05)                                     # let onnxruntime's spinning threads settle
-        c0 = time.process_time()
-        loc.rank_descriptors(d, top=RANK_DEPTH)
-        cpu_ms.append(1e3 * (time.process_time() - c0))
+        runs = []
+        for _ in range(CPU_REPEATS):                         # the least disturbed of a few (shared machine)
+            c0 = time.process_time()
+            loc.rank_descriptors(d, top=RANK_DEPTH)
+            runs.append(1e3 * (time.process_time() - c0))
+        cpu_ms.append(min(runs))
         ids, sims = loc.index.search(d, loc.top_k, exact=True)
         _, approx = loc.index.search(d, loc.top_k)
         hits.append((approx >= sims[:, -1:] - 1e-4).sum(1) / loc.top_k)     # tie-aware, as SegmentIndex.recall
