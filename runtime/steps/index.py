@@ -11,13 +11,23 @@ the bundle as checksummed arrays, so loading a map reads them instead of rebuild
   exactly against the float16 descriptors (memory-mapped in the bundle, only those rows read).
   The serialized index is read zero-copy from the bundle. RAM: about 530 bytes per segment at 256
   dims (one code byte per dimension; 8.1 KiB per image on corridor at the default 128).
-- ``"ivfpq"`` (faiss IVF-PQ fast-scan, from ``IVFPQ_FROM`` segments): 64-byte product-quantised
-  codes (128 x 4 bits) in ``nlist`` inverted lists find ``rerank x k`` candidates, re-scored the
-  same way. RAM: about 75 bytes per segment.
+- ``"ivfpq"`` (faiss IVF-PQ fast-scan, from ``IVFPQ_FROM`` segments): ``nlist`` (about N/1024)
+  inverted lists whose centroids an HNSW graph searches (``quantizer``); ``nprobe`` lists are
+  scanned with 64-byte codes of each vector's residual to its centroid (128 x 4 bits at 128
+  dims), the best ``refine_factor x rerank x k`` re-ordered by an 8-bit scalar-quantised copy
+  (faiss IndexRefine, ``refine``) and the best ``rerank x k`` of those re-scored exactly the same
+  way. RAM: about 200 bytes per segment (4.4 KiB per image at 22 segments per image). Maps
+  stored before the HNSW quantiser and the refine stage (flat quantiser, 1,481 lists, no refine)
+  load as built: the structure is read from the stored index, only the search parameters from
+  the bundle's record, each checked by type and range.
 
-Measured by ``benchmarks/scale.py`` (README, "Large maps"): at 0.2M segments HNSW-SQ's top-50
-recall is 0.990 against IVF-PQ's 0.956; at 2.2M segments (synthetic) 0.54 against 0.78, with 40x
-the build time and 0.9 GB more peak RSS, so IVF-PQ takes over between the two.
+Measured by ``benchmarks/scale.py`` (README, "Large maps", PCA 128): at 0.22M segments HNSW-SQ's
+top-50 recall is 0.996 and IVF-PQ's 1.000 (64 of its 219 lists scanned: 29% of the map); at 2.2M segments (synthetic) HNSW-SQ recalled 0.54 (PCA 256) and took 24 min to build,
+IVF-PQ recalls 0.96 and builds in under 2 min, so IVF-PQ takes over between the two (from 1M
+segments; the crossover itself is not measured). ``benchmarks/index_sweep.py`` chose the IVF-PQ
+parameters at 2.2M segments: lists of about 1024 (16,384 lists of 137 cost more per probed list
+than they save), residual codes (codes of the vectors themselves recall less), nprobe 64,
+refine 16, rerank 2: recall 0.958 for about 11 ms of CPU per frame; 0.99 costs about 35 ms.
 
 An exact (chunked numpy) path measures each kind's recall. Search runs in float32 (numpy has
 no fast float16 matmul).
@@ -35,7 +45,7 @@ from segvlad_edge.runtime.mapfiles.bundle import BundleError
 KINDS = ("hnsw", "hnswsq", "ivfpq")
 KIND_NAMES = {"hnsw": "HNSW", "hnswsq": "HNSW-SQ", "ivfpq": "IVF-PQ"}     # as messages and reports name them
 HNSWSQ_FROM = 1_000             # segments (about 50 images): from here HNSW-SQ8, below hnswlib
-IVFPQ_FROM = 1_000_000          # segments (about 45k images): from here IVF-PQ
+IVFPQ_FROM = 20_000             # segments (about 900 images): from here IVF-PQ (benchmarks/scale.py)
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
 HNSWSQ = {"m": 32, "ef_construction": 40, "ef": 400, "rerank": 4, "qtype": "QT_8bit", "train_max": 100_000, "seed": 0}
 IVFPQ = {"pq_m": 128, "nprobe": 64, "rerank": 2, "train_max": 300_000, "seed": 0,
