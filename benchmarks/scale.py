@@ -24,7 +24,10 @@ HNSW-SQ up to 1M), then a fresh process per bundle measures:
 - search + ranking ms per frame: median over the 10 frames, wall clock (the frame's first pass)
   and process CPU time (the minimum of 3 further runs of the frame's search + ranking, its pages
   already touched: on a shared machine contention for caches and memory inflates CPU time too,
-  and the minimum is the least disturbed run);
+  and the minimum is the least disturbed run). The probe runs numpy's BLAS (OpenBLAS) on one
+  thread: with its default pool, the idle workers spin after each small product of the
+  re-scoring and add 5-20 ms of CPU per frame at random (measured on the 1k maps: HNSW-SQ
+  5.3-5.9 ms with one thread, 12-24 ms without), which is not search work;
 - top-K' (50) recall of the stored index against exact search, tie-aware, over the 10 frames'
   SuperSegment descriptors (most of whose exact neighbours are among the few real map segments,
   an island in the synthetic ones), and over 200 synthetic queries: new draws from the synthetic
@@ -251,7 +254,7 @@ def main():
                   f"({BUILD_NOTE[r['kind']]})")
             continue
         out = subprocess.run([sys.executable, __file__, "--probe", str(r["path"]), "--threads", str(a.threads)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
         if out.returncode:
             print(f"{r['images']:7d} {name:>7s} probe failed: {out.stderr.strip().splitlines()[-1]}")
             continue
