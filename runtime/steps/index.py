@@ -21,13 +21,15 @@ the bundle as checksummed arrays, so loading a map reads them instead of rebuild
   load as built: the structure is read from the stored index, only the search parameters from
   the bundle's record, each checked by type and range.
 
-Measured by ``benchmarks/scale.py`` (README, "Large maps", PCA 128): at 0.22M segments HNSW-SQ's
-top-50 recall is 0.996 and IVF-PQ's 1.000 (64 of its 219 lists scanned: 29% of the map); at 2.2M segments (synthetic) HNSW-SQ recalled 0.54 (PCA 256) and took 24 min to build,
-IVF-PQ recalls 0.96 and builds in under 2 min, so IVF-PQ takes over between the two (from 1M
-segments; the crossover itself is not measured). ``benchmarks/index_sweep.py`` chose the IVF-PQ
-parameters at 2.2M segments: lists of about 1024 (16,384 lists of 137 cost more per probed list
-than they save), residual codes (codes of the vectors themselves recall less), nprobe 64,
-refine 16, rerank 2: recall 0.958 for about 11 ms of CPU per frame; 0.99 costs about 35 ms.
+Measured by ``benchmarks/scale.py`` (README, "Large maps", PCA 128): at 22k and 0.22M segments
+IVF-PQ's top-50 recall is 1.000 (HNSW-SQ: 1.000, 0.996; on synthetic queries 1.000 and 0.991
+against 0.992 and 0.949) in half HNSW-SQ's RAM and no more CPU, so IVF-PQ takes over from
+``IVFPQ_FROM`` = 20k segments (under that, down to 1,000, HNSW-SQ stays: not measured against
+it). At 2.2M segments (synthetic) HNSW-SQ recalled 0.54 (PCA 256, 24 min to build), IVF-PQ
+recalls 0.962 (synthetic queries 0.859) for 13 ms of CPU per frame. ``benchmarks/index_sweep.py``
+chose the IVF-PQ parameters there: lists of about 1024 vectors (16,384 lists of 137 cost more
+per probed list than they save), residual codes (codes of the vectors themselves recall less),
+nprobe 64, refine 16, rerank 2; 0.99 would cost about 35 ms of CPU per frame.
 
 An exact (chunked numpy) path measures each kind's recall. Search runs in float32 (numpy has
 no fast float16 matmul).
