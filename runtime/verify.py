@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from segvlad_edge.errors import SegvladError
-from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
+from segvlad_edge.runtime.mapfiles.bundle import BundleError, CheckedRows, MapBundle
 from segvlad_edge.runtime.steps.index import KIND_NAMES
 
 SELF_CHECKS = 20
@@ -25,6 +25,9 @@ def verify_bundle(path: str | Path, engines_dir=None, domain: Path | None = None
     results = []
     try:
         bundle = MapBundle.read(path)
+        for arr in bundle.arrays.values():
+            if isinstance(arr, CheckedRows):        # checked on first read when localizing: all of it here
+                arr.check_all()
     except BundleError as e:
         return [("file", False, str(e))]
     n_img, desc = len(bundle.images), bundle.arrays["descriptors"]

@@ -239,17 +239,90 @@ def with_verification(b: MapBundle, d=3, c=5):
     return b
 
 
-def test_verification_codes_are_memory_mapped_and_checked(tmp_path):
+def _array_span(path, name):
+    """``(start, nbytes)`` of array ``name`` in the file at ``path``."""
+    import json
+    data = path.read_bytes()
+    _, _, hlen, _ = B.PREFIX.unpack_from(data)
+    e = json.loads(data[B.PREFIX.size:B.PREFIX.size + hlen])["arrays"][name]
+    return -(-(B.PREFIX.size + hlen) // B.ALIGN) * B.ALIGN + e["offset"], e["nbytes"]
+
+
+def flip(path, at):
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def blocked(monkeypatch, n_images=10):
+    """A bundle with verification codes of 4 blocks (3 images of 36 bytes a block, BLOCK_BYTES 108)."""
+    monkeypatch.setattr(B, "BLOCK_BYTES", 108)
+    return with_verification(make_bundle(n_images=n_images))
+
+
+def test_verification_codes_are_memory_mapped_and_checked_block_by_block_on_first_read(tmp_path, monkeypatch):
+    from segvlad_edge.runtime.verify import verify_bundle
+
     p = tmp_path / "v.segmap"
-    ref = with_verification(make_bundle())
+    ref = blocked(monkeypatch)
     ref.write(p)
+    codes = MapBundle.read(p).arrays["verify_codes"]
+    assert isinstance(codes, B.CheckedRows) and codes.rows == 3 and codes.shape == ref.arrays["verify_codes"].shape
+    np.testing.assert_array_equal(np.asarray(codes), ref.arrays["verify_codes"])
+    start, nbytes = _array_span(p, "verify_codes")
+    flip(p, start + 36 * 4 + 5)                                  # image 4: the second block (images 3-5)
+    b = MapBundle.read(p)                                        # loading does not read the codes
+    codes = b.arrays["verify_codes"]
+    np.testing.assert_array_equal(codes[[0, 2]], ref.arrays["verify_codes"][[0, 2]])     # first block: fine
+    np.testing.assert_array_equal(codes[6:], ref.arrays["verify_codes"][6:])
+    np.testing.assert_array_equal(codes[-1, 2], ref.arrays["verify_codes"][-1, 2])
+    for read in (lambda: codes[3], lambda: codes[[1, 5]], lambda: codes[2:4], lambda: np.asarray(codes)):
+        with pytest.raises(BundleError, match=r"array 'verify_codes' checksum mismatch in rows 3-5: corrupted") as e:
+            read()
+        assert "\n" not in str(e.value) and str(p) in str(e.value)
+    assert not verify_bundle(p)[0][1] and "verify_codes" in verify_bundle(p)[0][2]
+    with pytest.raises(IndexError):
+        codes[10]
+
+
+def test_truncated_verification_codes_are_refused_at_load(tmp_path, monkeypatch):
+    p = tmp_path / "v.segmap"
+    blocked(monkeypatch).write(p)
+    data = p.read_bytes()
+    for cut in (len(data) - 1, len(data) - 40):
+        p.write_bytes(data[:cut])
+        with pytest.raises(BundleError, match="truncated"):
+            MapBundle.read(p)
+
+
+def test_block_checksums_are_checked_against_the_header(tmp_path, monkeypatch):
+    p = tmp_path / "v.segmap"
+    blocked(monkeypatch).write(p)
+    for mutate in (lambda e: e["block_sha256"].pop(), lambda e: e.update(block_rows=4),
+                   lambda e: e["block_sha256"].__setitem__(0, 7), lambda e: e.pop("block_rows")):
+        q = tmp_path / "bad.segmap"
+        q.write_bytes(p.read_bytes())
+        rewrite_header(q, lambda h: mutate(h["arrays"]["verify_codes"]))
+        with pytest.raises(BundleError, match="malformed block checksums for array 'verify_codes'"):
+            MapBundle.read(q)
+
+
+def test_format_3_bundles_still_load_their_codes_hashed_in_full(tmp_path, monkeypatch):
+    """A bundle written before block checksums (container and meta format 3, one sha256 per array)."""
+    p = tmp_path / "v3.segmap"
+    ref = with_verification(make_bundle())
+    ref.meta["format_version"] = 3
+    with monkeypatch.context() as m:
+        m.setattr(B, "FORMAT_VERSION", 3)
+        m.setattr(B, "LAZY_ARRAYS", set())
+        ref.write(p)
+    assert struct.unpack_from("<I", p.read_bytes(), 16)[0] == 3
     b = MapBundle.read(p)
-    assert isinstance(b.arrays["verify_codes"], np.memmap)                 # read per shortlist, not held in RAM
+    assert isinstance(b.arrays["verify_codes"], np.memmap) and b.meta["format_version"] == 3
     np.testing.assert_array_equal(b.arrays["verify_codes"], ref.arrays["verify_codes"])
-    raw = bytearray(p.read_bytes())
-    raw[-3] ^= 0xFF                                                        # the codes are the last array
-    p.write_bytes(bytes(raw))
-    with pytest.raises(BundleError, match="verify_codes.*checksum"):
+    start, _ = _array_span(p, "verify_codes")
+    flip(p, start + 1)
+    with pytest.raises(BundleError, match="verify_codes.*checksum"):              # at load, as before
         MapBundle.read(p)
 
 
@@ -270,7 +343,7 @@ def test_malformed_verification_data_is_refused(tmp_path, breakage, message):
 
 def test_an_older_format_is_refused_with_a_rebuild_hint(written):
     data = bytearray(written.read_bytes())
-    struct.pack_into("<I", data, 16, B.FORMAT_VERSION - 1)
+    struct.pack_into("<I", data, 16, B.OLDEST_VERSION - 1)
     written.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="older than.*rebuild"):
         MapBundle.read(written)

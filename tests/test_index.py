@@ -36,7 +36,11 @@ def no_build(monkeypatch):
         monkeypatch.setitem(I._KIND, kind, ops._replace(build=boom))
 
 
-@pytest.mark.parametrize("kind,params", [("hnsw", {}), ("hnswsq", {}), ("ivfpq", {"nlist": 32, "train_max": 3000})])
+OLD_IVFPQ = {"nlist": 32, "train_max": 3000, "quantizer": "flat", "by_residual": True, "refine": None}   # before 2026-11
+
+
+@pytest.mark.parametrize("kind,params", [("hnsw", {}), ("hnswsq", {}), ("ivfpq", {"nlist": 32, "train_max": 3000}),
+                                         ("ivfpq", OLD_IVFPQ)])
 def test_stored_index_answers_like_the_built_one_without_rebuilding(kind, params, monkeypatch):
     x, q = clustered(), None
     q = queries(x)
@@ -57,7 +61,7 @@ def test_choose_kind_by_map_size():
     assert I.choose_kind(0) == I.choose_kind(I.HNSWSQ_FROM - 1) == "hnsw"
     assert I.choose_kind(I.HNSWSQ_FROM) == I.choose_kind(I.IVFPQ_FROM - 1) == "hnswsq"
     assert I.choose_kind(I.IVFPQ_FROM) == I.choose_kind(10_000_000) == "ivfpq"
-    assert 16 <= I.ivf_lists(100) <= I.ivf_lists(2_000_000) == 1414
+    assert I.ivf_lists(100) == 16 and I.ivf_lists(2_000_000) == 1953 and I.ivf_lists(10**10) == 65536
 
 
 def test_exact_search_in_chunks_matches_one_block(monkeypatch):
@@ -102,6 +106,66 @@ def test_malformed_stored_ivfpq_is_refused():
         SegmentIndex(x, "ivfpq", meta=meta, stored={"index_faiss": garbage})
 
 
+def test_stored_ivfpq_structure_is_read_from_the_index():
+    """An IVF-PQ index built before the HNSW quantiser and the refine stage (flat quantiser, residual
+    codes, no refine) loads as built, whatever the current defaults say; the current one is an
+    IndexRefine over a fast scan whose lists an HNSW graph finds."""
+    x = clustered(n=2000)
+    old = SegmentIndex(x, "ivfpq", threads=1)
+    old.params.update(OLD_IVFPQ)
+    meta, stored = old.to_arrays()
+    legacy_meta = {**meta, "params": {k: v for k, v in meta["params"].items() if k in ("pq_m", "nprobe", "rerank",
+                                                                                        "train_max", "seed", "nlist")}}
+    loaded = SegmentIndex(x, "ivfpq", threads=1, meta=legacy_meta, stored=stored)
+    assert (loaded.params["quantizer"], loaded.params["by_residual"], loaded.params["refine"]) == ("flat", True, None)
+    q = queries(x, 40)
+    np.testing.assert_array_equal(old.search(q, 10)[0], loaded.search(q, 10)[0])
+    new = SegmentIndex(x, "ivfpq", threads=1)
+    new.params.update(nlist=32, train_max=2000)
+    meta, stored = new.to_arrays()
+    loaded = SegmentIndex(x, "ivfpq", threads=1, meta=meta, stored=stored)
+    assert (loaded.params["quantizer"], loaded.params["by_residual"], loaded.params["refine"]) == ("hnsw", True, "sq8")
+    assert type(loaded.prepare()).__name__ == "IndexRefine"
+    assert loaded.resident_bytes() == stored["index_faiss"].nbytes < 16 * 1024 * len(x) / 22
+
+
+@pytest.mark.parametrize("key,value", [("nprobe", 33), ("nprobe", 0), ("rerank", 0), ("rerank", 2.0),
+                                       ("refine_factor", "4"), ("quantizer_ef", True), ("quantizer_ef", 1 << 17)])
+def test_stored_ivfpq_search_parameters_are_checked(key, value):
+    x = clustered(n=1000)
+    idx = SegmentIndex(x, "ivfpq", threads=1)
+    idx.params.update(nlist=32, train_max=1000)
+    meta, stored = idx.to_arrays()
+    with pytest.raises(StoredIndexError, match=f"IVF-PQ index: {key} is not an integer"):
+        SegmentIndex(x, "ivfpq", meta={**meta, "params": {**meta["params"], key: value}}, stored=stored)
+
+
+def test_malformed_stored_ivfpq_quantiser_and_refine_are_refused():
+    import faiss
+    x = clustered(n=1000)
+    idx = SegmentIndex(x, "ivfpq", threads=1)
+    idx.params.update(nlist=32, train_max=1000)
+    meta, stored = idx.to_arrays()
+    blob = stored["index_faiss"]
+    for cut in (blob[:len(blob) // 2], blob[:-1]):
+        with pytest.raises(StoredIndexError, match="unreadable"):
+            SegmentIndex(x, "ivfpq", meta=meta, stored={"index_faiss": cut.copy()})
+    built = idx.prepare()
+    h = faiss.downcast_index(faiss.extract_index_ivf(built).quantizer).hnsw
+    links = faiss.rev_swig_ptr(h.neighbors.data(), h.neighbors.size())
+    keep = int(links[3])
+    links[3] = 500                                       # a quantiser link past its 32 centroids
+    with pytest.raises(StoredIndexError, match="IVF-PQ quantiser links point past|unreadable|out of range"):
+        SegmentIndex(x, "ivfpq", meta=meta, stored={"index_faiss": faiss.serialize_index(built)})
+    links[3] = keep
+    sq4 = faiss.IndexScalarQuantizer(x.shape[1], faiss.ScalarQuantizer.QT_4bit, faiss.METRIC_INNER_PRODUCT)
+    sq4.train(x.astype(np.float32))
+    sq4.add(x.astype(np.float32))
+    other = faiss.IndexRefine(faiss.extract_index_ivf(built), sq4)           # a 4-bit refine stage
+    with pytest.raises(StoredIndexError, match="refine stage"):
+        SegmentIndex(x, "ivfpq", meta=meta, stored={"index_faiss": faiss.serialize_index(other)})
+
+
 def test_hnswsq_holds_less_in_ram_than_hnswlib_and_reports_it():
     x = clustered(n=2000, d=256)
     q = queries(x, 50)
@@ -133,7 +197,7 @@ def test_malformed_stored_hnswsq_is_refused_in_one_line():
              (x, {"index_faiss": np.frombuffer(b"not a faiss index" * 8, np.uint8).copy()}, "unreadable"),
              (x, {}, "missing")]
     _, ivf = SegmentIndex(x, "ivfpq", threads=1).to_arrays()
-    cases.append((x, ivf, "IndexIVFPQFastScan"))                              # another kind's index
+    cases.append((x, ivf, "IndexRefine"))                          # another kind's index (IVF-PQ + SQ8 refine)
     bad_meta, bad = hnswsq_blob(x, lambda h, links: links.__setitem__(7, 5_000))   # a link past the segments
     cases.append((x, bad, "point past|out of range"))           # faiss >= 1.12 checks links itself
     _, bad = hnswsq_blob(x, lambda h, links: setattr(h, "entry_point", int(np.flatnonzero(               # a node

@@ -16,9 +16,15 @@ checked to be finite and non-degenerate.
 
 Every size is checked against the file before anything is allocated, every array against
 its sha256, and the arrays against each other, before a bundle is used. Arrays of MMAP_FROM
-bytes or more (descriptors, label maps, the stored index) and the verification codes are hashed
-by streaming the file and then memory-mapped read-only, so a large map costs RAM only for the
-pages a search touches. Writes are atomic (``files.atomic_write``).
+bytes or more (descriptors, label maps, the stored index) are hashed by streaming the file and
+then memory-mapped read-only, so a large map costs RAM only for the pages a search touches.
+The spatial verification codes (``LAZY_ARRAYS``: 96 KiB per image, 9.4 GB at 100k images, read
+only for the few shortlisted images of a frame) carry, from format 4 on, a sha256 per block of
+``block_rows`` leading rows (about BLOCK_BYTES) in their header entry: they are memory-mapped
+without a full hash and each block is hashed and checked for finite values when first read
+(``CheckedRows``), so no unchecked byte is used and loading does not read them. Format 3 files
+(one sha256 per array) still load, their codes hashed in full. Writes are atomic
+(``files.atomic_write``).
 """
 from __future__ import annotations
 
@@ -37,8 +43,10 @@ from segvlad_edge.runtime.settings import Settings
 from segvlad_edge.schema import FILE_NAME, Int, Json, List, Obj, Optional, SchemaError, Str
 
 MAGIC = b"SEGVLAD-MAP\r\n\x1a\n\x00"
-FORMAT_VERSION = 3          # 3: typed settings (pca_dims = the PCA asked for), header checked by one schema,
-                            # spatial verification data (verify_*), confidence in verified inliers
+FORMAT_VERSION = 4          # 3: typed settings (pca_dims = the PCA asked for), header checked by one schema,
+                            # spatial verification data (verify_*), confidence in verified inliers;
+                            # 4: per-block sha256 of the LAZY_ARRAYS, checked on first read
+OLDEST_VERSION = 3          # the oldest format this version reads
 PREFIX = struct.Struct("<16sIQ32s")
 ALIGN = 64
 MAX_HEADER_BYTES = 64 << 20
@@ -59,6 +67,8 @@ VERIFY_ARRAYS = ("verify_mean", "verify_components", "verify_codes")   # spatial
 ROW_CHECKED = {"descriptors", "vocab_centers", "pca_components"}   # finite and non-zero row by row (_finite_rows)
 MMAP_ARRAYS = {"verify_codes"}        # read per shortlist: memory-mapped, not held in RAM, at any size
 MMAP_FROM = 1 << 20                   # arrays of this many bytes or more are memory-mapped, not read
+LAZY_ARRAYS = {"verify_codes"}        # format 4: checked block by block on first read, not at load
+BLOCK_BYTES = 4 << 20                 # a LAZY_ARRAYS block: whole leading rows, about this many bytes
 HASH_CHUNK = 8 << 20
 HEX64 = Str(pattern=r"[0-9a-f]{64}")
 GRID = List(Int(1, 1024), 2, 2)
@@ -70,7 +80,7 @@ FITS = {"map": Obj({"source": Str(("map",)), "images": Int(0, MAX_IMAGES)}),
                        "images": Optional(Int(0, MAX_IMAGES)), "sources": Optional(List(Str()))},
                       optional=("images", "sources"))}
 IMAGE = Obj({"name": Str(max_len=4096), "meta": Json(), "root": Str(max_len=4096)}, optional=("meta", "root"))
-META = Obj({"format": Str(("segvlad-edge map",)), "format_version": Int(FORMAT_VERSION, FORMAT_VERSION),
+META = Obj({"format": Str(("segvlad-edge map",)), "format_version": Int(OLDEST_VERSION, FORMAT_VERSION),
             "created": Str(max_len=64), "created_by": Str(max_len=256), "engine": ENGINE, "settings": Json(),
             "fit": Json(), "images": List(IMAGE, 1, MAX_IMAGES), "images_root": Str(), "modified": Str(max_len=64),
             "index": Json()},                 # the stored search structure: runtime/steps/index.py checks its fields
@@ -201,7 +211,8 @@ class MapBundle:
 
     def _check_arrays(self, where) -> None:
         """Known names, dtypes and ranks, required arrays present; float arrays finite, except the
-        ``ROW_CHECKED`` ones, which ``validate`` / ``check_models`` scan once for finite, non-zero rows."""
+        ``ROW_CHECKED`` ones, which ``validate`` / ``check_models`` scan once for finite, non-zero rows,
+        and the ``CheckedRows`` ones, checked block by block when read."""
         for name, arr in self.arrays.items():
             if name not in ARRAYS:
                 raise BundleError(f"{where}: unknown array {printable(repr(name))}")
@@ -209,7 +220,7 @@ class MapBundle:
             if arr.dtype.name != dtype or arr.ndim != rank:
                 raise BundleError(f"{where}: array {name!r} is {arr.dtype.name} rank {arr.ndim}, expected {dtype} "
                                   f"rank {rank}")
-            if arr.dtype.kind == "f" and name not in ROW_CHECKED \
+            if arr.dtype.kind == "f" and name not in ROW_CHECKED and not isinstance(arr, CheckedRows) \
                     and not all(np.isfinite(block).all() for block in _blocks(arr)):
                 raise BundleError(f"{where}: array {name!r} holds NaN or infinite values")
         missing = [n for n, (_, _, required) in ARRAYS.items() if required and n not in self.arrays]
@@ -289,6 +300,8 @@ def write_arrays(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarr
         data = arr.tobytes()
         entries[name] = {"dtype": arr.dtype.name, "shape": list(arr.shape), "offset": offset,
                          "nbytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if name in LAZY_ARRAYS and arr.ndim:
+            entries[name].update(_block_hashes(data, arr.shape, arr.itemsize))
         blobs.append(data)
         end = offset + len(data)
         offset += -(-len(data) // ALIGN) * ALIGN
@@ -302,6 +315,21 @@ def write_arrays(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarr
             f.write(data)
         f.truncate(start + end)
     return Path(path).stat().st_size
+
+
+def block_rows(shape, itemsize: int) -> int:
+    """Leading rows per checksummed block of an array of ``shape`` and ``itemsize``: about
+    BLOCK_BYTES, at least 1."""
+    row = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
+    return max(1, BLOCK_BYTES // max(row, 1))
+
+
+def _block_hashes(data: bytes, shape, itemsize: int) -> dict:
+    """``{"block_rows", "block_sha256": [hex per block]}`` of an array's bytes (``shape``, C order)."""
+    rows = block_rows(shape, itemsize)
+    step = len(data) // shape[0] * rows if shape[0] else 0
+    return {"block_rows": rows, "block_sha256": [hashlib.sha256(data[b * step:(b + 1) * step]).hexdigest()
+                                                 for b in range(-(-shape[0] // rows))]}
 
 
 def read_arrays(path: str | os.PathLike, what: str = "map bundle") -> tuple[dict, dict[str, np.ndarray]]:
@@ -324,7 +352,7 @@ def _read(f, size: int, path: Path, what: str) -> tuple[dict, dict]:
     magic, version, header_len, header_sha = PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise BundleError(f"{path}: not a segvlad-edge {what} (wrong magic)")
-    if version != FORMAT_VERSION:
+    if not OLDEST_VERSION <= version <= FORMAT_VERSION:
         newer = "newer than" if version > FORMAT_VERSION else "older than"
         raise BundleError(f"{path}: {what} format {version} is {newer} this segvlad-edge's ({FORMAT_VERSION}); "
                           "rebuild it or use a matching segvlad-edge")
@@ -345,15 +373,16 @@ def _read(f, size: int, path: Path, what: str) -> tuple[dict, dict]:
     if not isinstance(data_bytes, int) or data_bytes != size - start:
         raise BundleError(f"{path}: {size - start} data bytes after the header, header says {data_bytes!r}: "
                           "truncated or extended")
-    return meta, {name: _read_array(f, path, name, e, start, size) for name, e in entries.items()}
+    return meta, {name: _read_array(f, path, name, e, start, size, version) for name, e in entries.items()}
 
 
 def _no_constant(name: str):
     raise ValueError(f"non-finite number {name} in the header")
 
 
-def _read_array(f, path: Path, name: str, e: dict, start: int, size: int) -> np.ndarray:
-    """One array entry, checked against the file size before reading and against its sha256 after."""
+def _read_array(f, path: Path, name: str, e: dict, start: int, size: int, version: int) -> np.ndarray:
+    """One array entry, checked against the file size before reading and against its sha256 after
+    (from format 4, a LAZY_ARRAYS one against its block hashes when its blocks are first read)."""
     try:
         dtype, shape, offset, nbytes, sha = e["dtype"], e["shape"], e["offset"], e["nbytes"], e["sha256"]
         ok = (dtype in DTYPES and isinstance(shape, list) and len(shape) <= 4
@@ -368,6 +397,15 @@ def _read_array(f, path: Path, name: str, e: dict, start: int, size: int) -> np.
         raise BundleError(f"{path}: array {name!r} declares {nbytes} bytes for shape {shape} {dtype}")
     if start + offset + nbytes > size:
         raise BundleError(f"{path}: array {name!r} extends past the end of the file: truncated")
+    if version >= 4 and name in LAZY_ARRAYS:
+        rows, hashes = e.get("block_rows"), e.get("block_sha256")
+        n_blocks = -(-shape[0] // rows) if isinstance(rows, int) and rows > 0 and shape else -1
+        if rows != block_rows(shape, np.dtype(dtype).itemsize) or not isinstance(hashes, list) or len(hashes) != n_blocks \
+                or not all(isinstance(h, str) and len(h) == 64 for h in hashes):
+            raise BundleError(f"{path}: malformed block checksums for array {name!r}")
+        mapped = np.memmap(path, dtype=dtype, mode="r", offset=start + offset, shape=tuple(shape)) if nbytes else \
+            np.zeros(shape, dtype)
+        return CheckedRows(mapped, path, name, rows, hashes)
     f.seek(start + offset)
     if name in MMAP_ARRAYS or nbytes >= MMAP_FROM:
         return _mapped_array(f, path, name, dtype, shape, start + offset, nbytes, sha)
@@ -391,3 +429,53 @@ def _mapped_array(f, path: Path, name: str, dtype: str, shape: list, at: int, nb
     if h.hexdigest() != sha:
         raise BundleError(f"{path}: array {name!r} checksum mismatch: corrupted")
     return np.memmap(path, dtype=dtype, mode="r", offset=at, shape=tuple(shape))
+
+
+class CheckedRows:
+    """A memory-mapped array ``[R, ...]`` whose blocks of ``rows`` leading rows are checked against
+    their sha256 (``hashes``, from the checksummed header) and for finite values the first time
+    any of their rows is read. Indexing (an int, a slice, an int array or list over the leading
+    rows, optionally with more indices after it) returns a copy of checked rows; ``np.asarray``
+    checks every block. A mismatch raises BundleError naming the file, the array and the rows."""
+
+    def __init__(self, mapped: np.ndarray, path: Path, name: str, rows: int, hashes: list[str]):
+        self._mapped, self.path, self.name, self.rows, self._hashes = mapped, path, name, rows, hashes
+        self._checked = np.zeros(len(hashes), bool)
+        self.shape, self.dtype, self.ndim, self.nbytes = mapped.shape, mapped.dtype, mapped.ndim, mapped.nbytes
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        lead = key[0] if isinstance(key, tuple) and key else key
+        if isinstance(lead, slice):
+            rows = np.arange(*lead.indices(len(self)))
+        else:
+            rows = np.asarray(lead)
+            if rows.dtype == bool or rows.dtype.kind not in "iu":
+                raise TypeError(f"{self.name}: index rows by integers or a slice, not {rows.dtype}")
+            rows = np.where(rows < 0, rows + len(self), rows)
+            if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+                raise IndexError(f"{self.name}: row index out of range for {len(self)} rows")
+        self._check(np.unique(rows.ravel() // self.rows))
+        return np.array(self._mapped[key])
+
+    def __array__(self, dtype=None, copy=None):
+        self.check_all()
+        out = np.array(self._mapped)
+        return out if dtype is None else out.astype(dtype)
+
+    def check_all(self) -> None:
+        """Check every block now (``verify``), one block in memory at a time."""
+        self._check(np.arange(len(self._hashes)))
+
+    def _check(self, blocks: np.ndarray) -> None:
+        for b in blocks[~self._checked[blocks]]:
+            block = self._mapped[b * self.rows:(b + 1) * self.rows]
+            if hashlib.sha256(memoryview(np.ascontiguousarray(block)).cast("B")).hexdigest() != self._hashes[b]:
+                raise BundleError(f"{self.path}: array {self.name!r} checksum mismatch in rows "
+                                  f"{b * self.rows}-{b * self.rows + len(block) - 1}: corrupted")
+            if block.dtype.kind == "f" and not np.isfinite(block).all():
+                raise BundleError(f"{self.path}: array {self.name!r} holds NaN or infinite values in rows "
+                                  f"{b * self.rows}-{b * self.rows + len(block) - 1}")
+            self._checked[b] = True

@@ -11,13 +11,25 @@ the bundle as checksummed arrays, so loading a map reads them instead of rebuild
   exactly against the float16 descriptors (memory-mapped in the bundle, only those rows read).
   The serialized index is read zero-copy from the bundle. RAM: about 530 bytes per segment at 256
   dims (one code byte per dimension; 8.1 KiB per image on corridor at the default 128).
-- ``"ivfpq"`` (faiss IVF-PQ fast-scan, from ``IVFPQ_FROM`` segments): 64-byte product-quantised
-  codes (128 x 4 bits) in ``nlist`` inverted lists find ``rerank x k`` candidates, re-scored the
-  same way. RAM: about 75 bytes per segment.
+- ``"ivfpq"`` (faiss IVF-PQ fast-scan, from ``IVFPQ_FROM`` segments): ``nlist`` (about N/1024)
+  inverted lists whose centroids an HNSW graph searches (``quantizer``); ``nprobe`` lists are
+  scanned with 64-byte codes of each vector's residual to its centroid (128 x 4 bits at 128
+  dims), the best ``refine_factor x rerank x k`` re-ordered by an 8-bit scalar-quantised copy
+  (faiss IndexRefine, ``refine``) and the best ``rerank x k`` of those re-scored exactly the same
+  way. RAM: about 200 bytes per segment (4.4 KiB per image at 22 segments per image). Maps
+  stored before the HNSW quantiser and the refine stage (flat quantiser, 1,481 lists, no refine)
+  load as built: the structure is read from the stored index, only the search parameters from
+  the bundle's record, each checked by type and range.
 
-Measured by ``benchmarks/scale.py`` (README, "Large maps"): at 0.2M segments HNSW-SQ's top-50
-recall is 0.990 against IVF-PQ's 0.956; at 2.2M segments (synthetic) 0.54 against 0.78, with 40x
-the build time and 0.9 GB more peak RSS, so IVF-PQ takes over between the two.
+Measured by ``benchmarks/scale.py`` (README, "Large maps", PCA 128): at 22k and 0.22M segments
+IVF-PQ's top-50 recall is 1.000 (HNSW-SQ: 1.000, 0.996; on synthetic queries 1.000 and 0.991
+against 0.992 and 0.949) in half HNSW-SQ's RAM and no more CPU, so IVF-PQ takes over from
+``IVFPQ_FROM`` = 20k segments (under that, down to 1,000, HNSW-SQ stays: not measured against
+it). At 2.2M segments (synthetic) HNSW-SQ recalled 0.54 (PCA 256, 24 min to build), IVF-PQ
+recalls 0.962 (synthetic queries 0.859) for 13 ms of CPU per frame. ``benchmarks/index_sweep.py``
+chose the IVF-PQ parameters there: lists of about 1024 vectors (16,384 lists of 137 cost more
+per probed list than they save), residual codes (codes of the vectors themselves recall less),
+nprobe 64, refine 16, rerank 2; 0.99 would cost about 35 ms of CPU per frame.
 
 An exact (chunked numpy) path measures each kind's recall. Search runs in float32 (numpy has
 no fast float16 matmul).
@@ -35,10 +47,12 @@ from segvlad_edge.runtime.mapfiles.bundle import BundleError
 KINDS = ("hnsw", "hnswsq", "ivfpq")
 KIND_NAMES = {"hnsw": "HNSW", "hnswsq": "HNSW-SQ", "ivfpq": "IVF-PQ"}     # as messages and reports name them
 HNSWSQ_FROM = 1_000             # segments (about 50 images): from here HNSW-SQ8, below hnswlib
-IVFPQ_FROM = 1_000_000          # segments (about 45k images): from here IVF-PQ
+IVFPQ_FROM = 20_000             # segments (about 900 images): from here IVF-PQ (benchmarks/scale.py)
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
 HNSWSQ = {"m": 32, "ef_construction": 40, "ef": 400, "rerank": 4, "qtype": "QT_8bit", "train_max": 100_000, "seed": 0}
-IVFPQ = {"pq_m": 128, "nprobe": 32, "rerank": 32, "train_max": 100_000, "seed": 0}
+IVFPQ = {"pq_m": 128, "nprobe": 64, "rerank": 2, "train_max": 300_000, "seed": 0,
+         "quantizer": "hnsw", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": True,
+         "refine": "sq8", "refine_factor": 16}
 SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
 
@@ -53,8 +67,9 @@ def choose_kind(n_segments: int) -> str:
 
 
 def ivf_lists(n_segments: int) -> int:
-    """Inverted lists for an IVF index of ``n_segments`` vectors: about sqrt(N), in [16, 4096]."""
-    return int(np.clip(np.sqrt(max(n_segments, 1)), 16, 4096))
+    """Inverted lists for an IVF index of ``n_segments`` vectors: about 1024 vectors a list (the
+    fast scan's cost per probed list outweighs a finer partition's), in [16, 65536]."""
+    return int(np.clip(n_segments // 1024, 16, 65536))
 
 
 class SegmentIndex:
@@ -135,11 +150,16 @@ class SegmentIndex:
     def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of ``q [M, d] float32`` over all descriptors (or over ``rows [M, C]`` per query,
         -1 = none), in blocks of EXACT_CHUNK rows."""
-        if rows is not None:            # the union of all queries' candidates, read once, one product
+        if rows is not None:
             valid = rows >= 0
             union, where = np.unique(np.where(valid, rows, 0), return_inverse=True)
-            s_union = q @ np.asarray(self.descriptors[union], np.float32).T
-            s = np.where(valid, np.take_along_axis(s_union, where.reshape(rows.shape), 1), -np.inf).astype(np.float32)
+            if 2 * len(union) <= rows.size:     # shared candidates (a small map): read once, one product
+                s = np.take_along_axis(q @ np.asarray(self.descriptors[union], np.float32).T,
+                                       where.reshape(rows.shape), 1)
+            else:                               # each query against its own candidates' rows
+                cand = np.asarray(self.descriptors[np.where(valid, rows, 0).ravel()], np.float32)
+                s = np.matmul(cand.reshape(*rows.shape, -1), q[:, :, None])[..., 0]
+            s = np.where(valid, s, -np.inf).astype(np.float32)
             top = np.argsort(-s, axis=1, kind="stable")[:, :k]
             return np.where(np.take_along_axis(valid, top, 1), np.take_along_axis(rows, top, 1), -1), \
                 np.take_along_axis(s, top, 1)
@@ -159,11 +179,17 @@ class SegmentIndex:
         """A faiss kind: ``rerank x k`` candidates by the compressed codes, re-scored exactly."""
         idx = self.prepare()
         _faiss().omp_set_num_threads(max(self.threads, 1))    # a frame's few queries: threads cost more than they give
-        n_cand = min(len(self), int(self.params["rerank"]) * k)
+        p = self.params
+        n_cand = min(len(self), int(p["rerank"]) * k)
         if self.kind == "ivfpq":
-            idx.nprobe = int(self.params["nprobe"])
+            ivf = _faiss().extract_index_ivf(idx)
+            ivf.nprobe = min(int(p["nprobe"]), ivf.nlist)
+            if p["quantizer"] == "hnsw":
+                _faiss().downcast_index(ivf.quantizer).hnsw.efSearch = max(int(p["quantizer_ef"]), ivf.nprobe)
+            if p["refine"]:
+                idx.k_factor = float(p["refine_factor"])
         else:
-            idx.hnsw.efSearch = max(int(self.params["ef"]), n_cand)
+            idx.hnsw.efSearch = max(int(p["ef"]), n_cand)
         _, cand = idx.search(q, n_cand)
         cand = np.where((cand >= 0) & (cand < len(self)), cand, -1).astype(np.int64)
         return self._exact(q, k, rows=cand)
@@ -289,17 +315,34 @@ def _add_all(index: SegmentIndex, idx) -> None:
 
 
 def _build_ivfpq(index: SegmentIndex):
+    """faiss IVF-PQ fast-scan: ``nlist`` inverted lists found by an HNSW graph over their centroids
+    (``quantizer`` "hnsw"; "flat" scans them all), 4-bit codes of ``pq_m`` sub-vectors of each
+    vector's residual to its list centroid (``by_residual``; False codes the vectors themselves:
+    one lookup table per query, cheaper per list but less accurate), and with ``refine`` "sq8" an
+    8-bit scalar-quantised copy (faiss IndexRefine) that re-orders the ``refine_factor x`` candidates
+    of the fast scan before the exact re-scoring."""
     faiss = _faiss()
     if index.threads > 0:
         faiss.omp_set_num_threads(index.threads)
     p, n, dim = index.params, len(index), index.dim
-    nlist = int(p.get("nlist") or ivf_lists(n))
-    p["nlist"] = nlist
+    p["nlist"] = nlist = int(p.get("nlist") or ivf_lists(n))
+    p["nprobe"] = min(int(p["nprobe"]), nlist)
     p["pq_m"] = math.gcd(int(p["pq_m"]), dim)          # sub-quantizers must divide the dimension
-    quantizer = faiss.IndexFlatIP(dim)
-    idx = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, int(p["pq_m"]), 4, faiss.METRIC_INNER_PRODUCT)
-    idx.cp.seed = int(p["seed"])
-    idx.pq.cp.seed = int(p["seed"])
+    if p["quantizer"] == "hnsw":
+        quantizer = faiss.IndexHNSWFlat(dim, int(p["quantizer_m"]), faiss.METRIC_INNER_PRODUCT)
+        quantizer.hnsw.efConstruction = 40
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, int(p["pq_m"]), 4, faiss.METRIC_INNER_PRODUCT)
+    ivf.by_residual = bool(p["by_residual"])
+    ivf.cp.seed = int(p["seed"])
+    ivf.cp.min_points_per_centroid = 5                 # train_max rows for up to train_max / 5 lists
+    ivf.pq.cp.seed = int(p["seed"])
+    idx = ivf
+    if p["refine"] == "sq8":
+        idx = faiss.IndexRefine(ivf, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit,
+                                                                faiss.METRIC_INNER_PRODUCT))
+        idx.k_factor = float(p["refine_factor"])
     idx.train(_training_rows(index))
     _add_all(index, idx)
     return idx
@@ -329,11 +372,10 @@ def _faiss_to_arrays(index: SegmentIndex, idx) -> tuple[dict, dict]:
 
 def _faiss_from_arrays(index: SegmentIndex, meta: dict, a: dict):
     """The stored faiss index, read in place from the (memory-mapped) bundle array: its codes and
-    links are the bundle's pages, not a copy. Type, size, dimension and metric are checked, and an
-    HNSW graph's links and levels (faiss trusts them) before any search."""
+    links are the bundle's pages, not a copy. Type, size, dimension and metric are checked, an
+    HNSW graph's links and levels (faiss trusts them) and the search parameters before any search."""
     faiss = _faiss()
     name = KIND_NAMES[index.kind]
-    cls = {"ivfpq": faiss.IndexIVFPQFastScan, "hnswsq": faiss.IndexHNSWSQ}[index.kind]
     blob = a.get("index_faiss")
     if blob is None or blob.dtype != np.uint8 or blob.ndim != 1 or not blob.flags.c_contiguous:
         raise StoredIndexError(f"stored {name} index is missing or malformed")
@@ -342,37 +384,77 @@ def _faiss_from_arrays(index: SegmentIndex, meta: dict, a: dict):
         idx = faiss.read_index(reader)          # already of its own class; codes and links are views of blob
     except RuntimeError as e:
         raise StoredIndexError(f"stored {name} index is unreadable ({str(e).strip().splitlines()[0]})") from None
+    cls = {"ivfpq": (faiss.IndexIVFPQFastScan, faiss.IndexRefine), "hnswsq": (faiss.IndexHNSWSQ,)}[index.kind]
     if not isinstance(idx, cls) or idx.ntotal != len(index) or idx.d != index.dim \
             or idx.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise StoredIndexError(f"stored {name} index holds {idx.ntotal}x{idx.d} ({type(idx).__name__}), "
                                f"not the {len(index)}x{index.dim} descriptors")
     if index.kind == "hnswsq":
-        _check_faiss_hnsw(faiss, idx.hnsw, len(index))
-        for key, lo, hi in (("rerank", 1, 1000), ("ef", 1, 1 << 16)):
-            if not isinstance(index.params.get(key), int) or not lo <= index.params[key] <= hi:
-                raise StoredIndexError(f"stored HNSW-SQ index: {key} is not an integer in [{lo}, {hi}]")
+        _check_faiss_hnsw(faiss, idx.hnsw, len(index), name)
+        _check_params(index.params, name, rerank=(1, 1000), ef=(1, 1 << 16))
+    else:
+        _check_ivf(faiss, idx, index)
     index._blob = blob                  # the index reads these bytes: they live as long as it does
     return idx
 
 
-def _check_faiss_hnsw(faiss, h, n: int) -> None:
-    """A faiss HNSW graph over ``n`` nodes: per-node levels and neighbour offsets agree, every link
-    is -1 (none) or a node, the entry point is a node on the top level."""
+def _check_params(params: dict, name: str, **ranges: tuple[int, int]) -> None:
+    """Search parameters stored with an index: each an integer within its range."""
+    for key, (lo, hi) in ranges.items():
+        v = params.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise StoredIndexError(f"stored {name} index: {key} is not an integer in [{lo}, {hi}]")
+
+
+def _check_ivf(faiss, idx, index: SegmentIndex) -> None:
+    """A stored IVF-PQ index (a fast-scan IVF, optionally inside an IndexRefine with an 8-bit
+    scalar-quantised copy): its structure is read from the index into ``index.params`` (maps
+    written before the HNSW quantiser and the refine stage load as they were built), and the
+    stored search parameters are checked against it."""
+    p, n = index.params, len(index)
+    refine = None
+    if isinstance(idx, faiss.IndexRefine):
+        refine = faiss.downcast_index(idx.refine_index)
+        base = faiss.downcast_index(idx.base_index)
+        if not isinstance(base, faiss.IndexIVFPQFastScan) or not isinstance(refine, faiss.IndexScalarQuantizer) \
+                or refine.sq.qtype != faiss.ScalarQuantizer.QT_8bit or refine.ntotal != n or base.ntotal != n \
+                or refine.d != index.dim or base.d != index.dim or refine.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise StoredIndexError("stored IVF-PQ index: its refine stage is not an IVF-PQ fast scan over an "
+                                   f"8-bit scalar-quantised copy of the {n} descriptors")
+        idx = base
+    quantizer = faiss.downcast_index(idx.quantizer)
+    if quantizer.ntotal != idx.nlist or quantizer.d != index.dim \
+            or not isinstance(quantizer, (faiss.IndexFlatIP, faiss.IndexHNSWFlat)):
+        raise StoredIndexError(f"stored IVF-PQ index: its quantiser ({type(quantizer).__name__}) does not hold "
+                               f"the {idx.nlist} list centroids")
+    if isinstance(quantizer, faiss.IndexHNSWFlat):
+        _check_faiss_hnsw(faiss, quantizer.hnsw, idx.nlist, "IVF-PQ quantiser")
+    p.update(nlist=int(idx.nlist), pq_m=int(idx.M), by_residual=bool(idx.by_residual),
+             quantizer="hnsw" if isinstance(quantizer, faiss.IndexHNSWFlat) else "flat",
+             refine="sq8" if refine is not None else None)
+    _check_params(p, "IVF-PQ", nprobe=(1, idx.nlist), rerank=(1, 1000), quantizer_ef=(1, 1 << 16),
+                  refine_factor=(1, 1000))
+
+
+def _check_faiss_hnsw(faiss, h, n: int, name: str) -> None:
+    """A faiss HNSW graph over ``n`` nodes (``name``: the index, for messages): per-node levels and
+    neighbour offsets agree, every link is -1 (none) or a node, the entry point is a node on the
+    top level."""
     levels = faiss.vector_to_array(h.levels)
     offsets = faiss.vector_to_array(h.offsets).astype(np.int64)
     size = h.neighbors.size()
     links = faiss.rev_swig_ptr(h.neighbors.data(), size) if size else np.zeros(0, np.int32)
     cum = faiss.vector_to_array(h.cum_nneighbor_per_level).astype(np.int64)
     if len(levels) != n or len(offsets) != n + 1 or (n and ((levels < 1).any() or levels.max() > len(cum) - 1)):
-        raise StoredIndexError(f"stored HNSW-SQ graph does not match the {n} segments")
+        raise StoredIndexError(f"stored {name} graph does not match its {n} nodes")
     if offsets[0] != 0 or (np.diff(offsets) != cum[levels]).any() or offsets[-1] != size:
-        raise StoredIndexError("stored HNSW-SQ levels disagree with the link lists")
+        raise StoredIndexError(f"stored {name} levels disagree with the link lists")
     if n and not (0 <= h.entry_point < n and levels[h.entry_point] - 1 == h.max_level == levels.max() - 1):
-        raise StoredIndexError("stored HNSW-SQ entry point is not a node of the top level")
+        raise StoredIndexError(f"stored {name} entry point is not a node of the top level")
     for start in range(0, size, 1 << 24):
         block = links[start:start + (1 << 24)]
         if ((block < -1) | (block >= n)).any():
-            raise StoredIndexError(f"stored HNSW-SQ links point past the {n} segments")
+            raise StoredIndexError(f"stored {name} links point past the {n} nodes")
 
 
 class _Kind(NamedTuple):
