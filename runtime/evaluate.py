@@ -53,13 +53,13 @@ def score(loc: Localizer, ds: Dataset, progress: bool = True, exact: bool = Fals
     stage_ms: dict[str, list] = {}
     failures, stream = [], []                      # stream: (query index, ranking) in query order
     answered = []                                  # (query index, confident match given)
+    offsets = loc.bundle.segment_offsets if ds.query_map_index is not None else None   # leave-one-out: one bundle
     t0 = time.perf_counter()
     for qi, q in enumerate(tqdm(ds.queries, desc="queries", unit="q", disable=not progress)):
         if ds.query_map_index is not None:          # leave-one-out: the query is a map image
             b = index_of.get(ds.name(q))
             if b is None:
                 continue
-            offsets = loc.bundle.segment_offsets
             ranked = loc.rank_descriptors(loc.bundle.arrays["descriptors"][offsets[b]:offsets[b + 1]],
                                           top=max(RECALL_AT), exact=exact, exclude_images=[b])
             codes = loc.bundle.arrays.get("verify_codes")

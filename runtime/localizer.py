@@ -7,6 +7,7 @@ similarity-weighted segment hits.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ from segvlad_edge.runtime.steps.index import open_index
 from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, make_pipeline
 from segvlad_edge.runtime.steps.position import MapPositions
-from segvlad_edge.runtime.steps.ranking import Ranked, rank
+from segvlad_edge.runtime.steps.ranking import Ranked, rank, without
 from segvlad_edge.runtime.steps.verification import PatchCoder, rerank_by_inliers, verify_shortlist
+
+log = logging.getLogger(__name__)
 
 BLANK_STD = 2.0                 # grey levels: a frame flatter than this carries no place information
 
@@ -88,6 +91,7 @@ class Localizer:
         self.positions = MapPositions.from_images(bundle.images)
         a = bundle.arrays
         self.map_codes = a.get("verify_codes")          # [I, P, d] float16, memory-mapped
+        self.corrupt: set[int] = set()                  # map images whose codes failed their checksum
         self.coder = PatchCoder(a["verify_mean"], a["verify_components"]) if self.map_codes is not None else None
 
     @classmethod
@@ -163,10 +167,31 @@ class Localizer:
         top = int(s.get("verify_top", 0)) if top is None else top
         if codes is None or top <= 0 or len(ranked.images) == 0:
             return ranked
-        checks = verify_shortlist(codes, self.map_codes, ranked.images[:top],
-                                  tuple(self.meta["engine"]["patch_grid"]), model=s["verify_model"],
-                                  threshold=float(s["verify_threshold"]), min_sim=float(s["verify_min_sim"]))
+        if self.corrupt:
+            ranked = without(ranked, self.corrupt)
+        try:
+            checks = verify_shortlist(codes, self.map_codes, ranked.images[:top],
+                                      tuple(self.meta["engine"]["patch_grid"]), model=s["verify_model"],
+                                      threshold=float(s["verify_threshold"]), min_sim=float(s["verify_min_sim"]))
+        except BundleError:
+            if not self._find_corrupt(ranked.images[:top]):
+                raise
+            return self.verify(ranked, codes, top)
         return rerank_by_inliers(ranked, checks, float(s.get("verify_gain", 1.0)))
+
+    def _find_corrupt(self, images) -> bool:
+        """Which of ``images`` have verification codes that fail their block checksum (bundle format
+        4 checks them on first read): added to ``corrupt`` with one warning each, so they leave this and
+        every later answer while the run goes on. False when none of them fails."""
+        found = False
+        for i in images:
+            try:
+                self.map_codes[[int(i)]]
+            except BundleError as e:
+                self.corrupt.add(int(i))
+                found = True
+                log.warning("%s; map image %s is left out of the answers", e, self.names[int(i)])
+        return found
 
     def answer(self, ranked: Ranked, ms: dict, segments: int, top: int, frame=None) -> Answer:
         entries = []

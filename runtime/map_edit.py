@@ -100,7 +100,7 @@ def select_images(bundle: MapBundle, keep: np.ndarray) -> tuple[list[dict], dict
     arrays = {**a, "descriptors": np.asarray(a["descriptors"])[seg_keep],
               "segments_per_image": a["segments_per_image"][keep], "segment_labels": a["segment_labels"][keep]}
     if "verify_codes" in a:
-        arrays["verify_codes"] = np.asarray(a["verify_codes"])[keep]
+        arrays["verify_codes"] = a["verify_codes"][np.flatnonzero(keep)]     # only the kept blocks are read
     return [img for img, k in zip(bundle.images, keep) if k], arrays
 
 

@@ -83,6 +83,7 @@ class TiledLocalizer(Localizer):
         self.positions = MapPositions("gps", np.full((n, 2), np.nan), np.full(n, np.nan), tuple(pos["origin"]),
                                       pos["spacing_m"])
         self.map_codes = _Codes(self) if doc["verify"] else None
+        self.corrupt: set[int] = set()
         self.start = self.region = near
         self.follow, self.misses, self.capacity = follow, 0, capacity
         self.loaded: OrderedDict[int, Tile] = OrderedDict()

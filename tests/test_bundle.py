@@ -320,9 +320,22 @@ def test_format_3_bundles_still_load_their_codes_hashed_in_full(tmp_path, monkey
     b = MapBundle.read(p)
     assert isinstance(b.arrays["verify_codes"], np.memmap) and b.meta["format_version"] == 3
     np.testing.assert_array_equal(b.arrays["verify_codes"], ref.arrays["verify_codes"])
+    q = tmp_path / "edited.segmap"
+    b.write(q)                                      # an edit (--add, remove-images, tiles) writes the new format
+    assert struct.unpack_from("<I", q.read_bytes(), 16)[0] == B.FORMAT_VERSION == MapBundle.read(q).meta["format_version"]
+    assert isinstance(MapBundle.read(q).arrays["verify_codes"], B.CheckedRows)
     start, _ = _array_span(p, "verify_codes")
     flip(p, start + 1)
     with pytest.raises(BundleError, match="verify_codes.*checksum"):              # at load, as before
+        MapBundle.read(p)
+
+
+@pytest.mark.parametrize("name", ["verify_codes", "descriptors"])
+def test_a_zero_sized_array_of_impossible_shape_is_refused(tmp_path, name):
+    p = tmp_path / "h.segmap"
+    with_verification(make_bundle()).write(p)
+    rewrite_header(p, lambda h: h["arrays"][name].update(shape=[0, 2**31, 2**31], nbytes=0))
+    with pytest.raises(BundleError, match=f"array '{name}' declares an impossible shape"):
         MapBundle.read(p)
 
 

@@ -542,3 +542,34 @@ def test_require_names_the_extra_in_one_line_and_lets_own_import_bugs_surface():
     with pytest.raises(ImportError) as e:
         require("segvlad_edge.no_such_module", "export", "x")
     assert not isinstance(e.value, SegvladError)
+
+
+def test_a_corrupted_block_of_verification_codes_leaves_its_images_out_not_the_run(corridor_bundle, datasets,
+                                                                                  engines_dir, tmp_path, monkeypatch,
+                                                                                  caplog):
+    """Format 4 checks the verification codes block by block on first read: a flipped byte leaves the
+    images of that block out of the answers, with a warning, while localisation goes on."""
+    import logging
+
+    from segvlad_edge.runtime.localizer import Localizer
+
+    b = MapBundle.read(corridor_bundle)
+    monkeypatch.setattr(B, "BLOCK_BYTES", 2 * b.arrays["verify_codes"][0].nbytes)       # blocks of 2 images
+    p = tmp_path / "m.segmap"
+    b.write(p)
+    query = load_image(sorted((datasets / "corridor" / "query").iterdir())[25])
+    first = Localizer.from_bundle(p, engines_dir).localize(query)
+    best = first.top[0]["index"]
+    raw = bytearray(p.read_bytes())
+    raw[MapBundle.read(p).arrays["verify_codes"]._mapped.offset + best * b.arrays["verify_codes"][0].nbytes] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    loc = Localizer.from_bundle(p, engines_dir)                  # loads: the codes are not read at load
+    with caplog.at_level(logging.WARNING, logger="segvlad_edge.runtime.localizer"):
+        ans = loc.localize(query)
+    block = {best // 2 * 2, best // 2 * 2 + 1}
+    assert best in loc.corrupt and loc.corrupt <= block
+    assert ans.top and not {e["index"] for e in ans.top} & loc.corrupt
+    assert "checksum mismatch" in caplog.text and "left out of the answers" in caplog.text
+    caplog.clear()
+    again = loc.localize(query)                                 # known now: skipped, no second warning
+    assert [e["index"] for e in again.top] == [e["index"] for e in ans.top] and "checksum" not in caplog.text

@@ -166,6 +166,34 @@ def test_malformed_stored_ivfpq_quantiser_and_refine_are_refused():
         SegmentIndex(x, "ivfpq", meta=meta, stored={"index_faiss": faiss.serialize_index(other)})
 
 
+@pytest.mark.parametrize("refine", ["sq8", None])
+def test_stored_ivfpq_list_ids_and_candidate_bound_are_checked(refine):
+    """Every descriptor once in the inverted lists (a re-sealed index with ids out of range or
+    repeated is refused at load, not failing or silently missing hits in search); rerank x
+    refine_factor bounded, so a stored index cannot make a search allocate without limit."""
+    import faiss
+    x = clustered(n=1000)
+    idx = SegmentIndex(x, "ivfpq", threads=1)
+    idx.params.update(nlist=16, train_max=1000, refine=refine)
+    meta, stored = idx.to_arrays()
+    built = idx.prepare()
+    inv = faiss.extract_index_ivf(built).invlists
+    lst = next(i for i in range(inv.nlist) if inv.list_size(i) >= 2)
+    ids = faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst))
+    first, second = int(ids[0]), int(ids[1])
+    for bad in (len(x) + 5, second):                     # past the descriptors; a descriptor twice
+        ids[0] = bad
+        with pytest.raises(StoredIndexError, match="inverted lists do not hold each of the 1000 descriptors once"):
+            SegmentIndex(x, "ivfpq", meta=meta, stored={"index_faiss": faiss.serialize_index(built)})
+    ids[0] = first
+    assert SegmentIndex(x, "ivfpq", meta=meta, stored={"index_faiss": faiss.serialize_index(built)}).search(
+        queries(x, 3), 5)[0].min() >= 0
+    if refine:
+        params = {**meta["params"], "rerank": 1000, "refine_factor": 1000}
+        with pytest.raises(StoredIndexError, match="rerank x refine_factor is over 1024"):
+            SegmentIndex(x, "ivfpq", meta={**meta, "params": params}, stored=stored)
+
+
 def test_hnswsq_holds_less_in_ram_than_hnswlib_and_reports_it():
     x = clustered(n=2000, d=256)
     q = queries(x, 50)

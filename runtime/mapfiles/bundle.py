@@ -68,7 +68,9 @@ ROW_CHECKED = {"descriptors", "vocab_centers", "pca_components"}   # finite and 
 MMAP_ARRAYS = {"verify_codes"}        # read per shortlist: memory-mapped, not held in RAM, at any size
 MMAP_FROM = 1 << 20                   # arrays of this many bytes or more are memory-mapped, not read
 LAZY_ARRAYS = {"verify_codes"}        # format 4: checked block by block on first read, not at load
-BLOCK_BYTES = 4 << 20                 # a LAZY_ARRAYS block: whole leading rows, about this many bytes
+BLOCK_BYTES = 4 << 20                 # a LAZY_ARRAYS block: whole leading rows, about this many bytes when written
+MAX_BLOCK_BYTES = 256 << 20           # a block a reader accepts (a whole block is hashed at once)
+MAX_ARRAY_BYTES = 1 << 40             # no dimension of an array's shape, zero-sized or not, may imply more
 HASH_CHUNK = 8 << 20
 HEX64 = Str(pattern=r"[0-9a-f]{64}")
 GRID = List(Int(1, 1024), 2, 2)
@@ -144,6 +146,7 @@ class MapBundle:
     def write(self, path: str | os.PathLike, inputs=()) -> int:
         """Write atomically (never over one of ``inputs``); returns the file size in bytes."""
         self.validate()
+        self.meta["format_version"] = FORMAT_VERSION        # an edited older map is written in this format
         size = write_arrays(path, self.meta, self.arrays, inputs)
         self.path = Path(path)
         return size
@@ -397,10 +400,14 @@ def _read_array(f, path: Path, name: str, e: dict, start: int, size: int, versio
         raise BundleError(f"{path}: array {name!r} declares {nbytes} bytes for shape {shape} {dtype}")
     if start + offset + nbytes > size:
         raise BundleError(f"{path}: array {name!r} extends past the end of the file: truncated")
+    if int(np.prod([max(s, 1) for s in shape], dtype=object)) * np.dtype(dtype).itemsize > MAX_ARRAY_BYTES:
+        raise BundleError(f"{path}: array {name!r} declares an impossible shape {shape}")
     if version >= 4 and name in LAZY_ARRAYS:
         rows, hashes = e.get("block_rows"), e.get("block_sha256")
-        n_blocks = -(-shape[0] // rows) if isinstance(rows, int) and rows > 0 and shape else -1
-        if rows != block_rows(shape, np.dtype(dtype).itemsize) or not isinstance(hashes, list) or len(hashes) != n_blocks \
+        row_bytes = nbytes // shape[0] if shape and shape[0] else 0
+        rows_ok = isinstance(rows, int) and not isinstance(rows, bool) and 1 <= rows and rows * row_bytes <= MAX_BLOCK_BYTES
+        n_blocks = -(-shape[0] // rows) if rows_ok and shape else -1
+        if not rows_ok or not isinstance(hashes, list) or len(hashes) != n_blocks \
                 or not all(isinstance(h, str) and len(h) == 64 for h in hashes):
             raise BundleError(f"{path}: malformed block checksums for array {name!r}")
         mapped = np.memmap(path, dtype=dtype, mode="r", offset=start + offset, shape=tuple(shape)) if nbytes else \

@@ -54,6 +54,7 @@ IVFPQ = {"pq_m": 128, "nprobe": 64, "rerank": 2, "train_max": 300_000, "seed": 0
          "quantizer": "hnsw", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": True,
          "refine": "sq8", "refine_factor": 16}
 SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
+MAX_CANDIDATE_FACTOR = 1024    # IVF-PQ: rerank x refine_factor candidates per result at most (bounds a search's memory)
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
 
 
@@ -434,6 +435,20 @@ def _check_ivf(faiss, idx, index: SegmentIndex) -> None:
              refine="sq8" if refine is not None else None)
     _check_params(p, "IVF-PQ", nprobe=(1, idx.nlist), rerank=(1, 1000), quantizer_ef=(1, 1 << 16),
                   refine_factor=(1, 1000))
+    if p["rerank"] * p["refine_factor"] > MAX_CANDIDATE_FACTOR:
+        raise StoredIndexError(f"stored IVF-PQ index: rerank x refine_factor is over {MAX_CANDIDATE_FACTOR} "
+                               "candidates per result")
+    _check_list_ids(faiss, idx, n)
+
+
+def _check_list_ids(faiss, ivf, n: int) -> None:
+    """The ids in an IVF index's inverted lists: each of the ``n`` descriptors exactly once."""
+    inv = ivf.invlists
+    sizes = [inv.list_size(lst) for lst in range(ivf.nlist)]
+    ids = np.concatenate([faiss.rev_swig_ptr(inv.get_ids(lst), size).astype(np.int64)
+                          for lst, size in enumerate(sizes) if size] or [np.zeros(0, np.int64)])
+    if len(ids) != n or (n and (ids.min() < 0 or ids.max() >= n or np.bincount(ids, minlength=n).max() != 1)):
+        raise StoredIndexError(f"stored IVF-PQ index: its inverted lists do not hold each of the {n} descriptors once")
 
 
 def _check_faiss_hnsw(faiss, h, n: int, name: str) -> None:

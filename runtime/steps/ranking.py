@@ -28,6 +28,13 @@ class Ranked:
     checks: list = field(default_factory=list)
 
 
+def without(ranked: Ranked, images) -> Ranked:
+    """``ranked`` (before verification) without the map ``images``, e.g. ones whose data failed its checksum."""
+    keep = ~np.isin(ranked.images, np.asarray(list(images), np.int64))
+    return Ranked(ranked.images[keep], ranked.scores[keep], [p for p, k in zip(ranked.pairs, keep) if k],
+                  ranked.match_sim)
+
+
 def normalise_sims(sims: np.ndarray, norm="query") -> np.ndarray:
     """``sims [Q, K']`` -> hit weights ``[Q, K'] float32`` (0 for missing hits). Min-max maps the
     range ``[lo, hi]`` to ``[0, 1]``; when the range is empty (every hit equally similar, e.g. a map
