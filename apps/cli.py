@@ -408,6 +408,7 @@ def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fp
     if save_vis is not None and map_path.is_dir():
         raise click.UsageError("--save-vis needs a map bundle file; explanations of a map folder are not supported")
     _no_domain_for_folders(map_path, domain)
+    one_blas_thread()
     loc = _open_localizer(map_path, engines_dir, domain, device, threads, near)
     inputs = [map_path] + (loc.files() if map_path.is_dir() else []) + ([Path(video)] if video else []) \
         + ([domain] if domain else []) \
@@ -438,6 +439,15 @@ def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fp
         sinks.close()
     if stop.is_set():
         click.echo(f"stopped after {stats['frames']} frames", err=True)
+
+
+def one_blas_thread() -> None:
+    """A frame's numpy work after the engine (PCA, re-scoring, verification) is small products:
+    one BLAS thread for the rest of the process, as idle OpenBLAS workers otherwise spin after each
+    product and take the CPU the engine and the camera need (``benchmarks/scale.py``)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def _no_domain_for_folders(map_path: Path, domain) -> None:
@@ -523,6 +533,8 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
     """Recall@1/5/10 of one or more methods (--method repeated) on a dataset with ground truth,
     or of an existing map bundle (--map MAP QUERY_DIR...)."""
     from segvlad_edge.runtime import evaluate
+
+    one_blas_thread()
     from segvlad_edge.runtime.inputs.datasets import load_dataset
 
     if map_path is not None:

@@ -31,3 +31,16 @@ def test_readme_python_api_example_runs(positioned_bundle, engines_dir, datasets
     assert (tmp_path / "frame.jpg").exists() and name.endswith(".jpg") and 0.7 <= float(confidence) <= 1
     # map image i lies i metres north of 45 N (spacing 1 m): the estimate sits within the agreement radius
     assert abs((float(lat) - 45) * 111_195 - int(name[:7])) <= AGREE_SPACINGS and float(lon) == 9.0 and float(sigma) >= 0.5
+
+
+def test_localize_and_eval_run_numpy_with_one_blas_thread():
+    """apps/cli.one_blas_thread: the per-frame products are small; idle BLAS workers would spin."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy; from threadpoolctl import threadpool_info; from segvlad_edge.apps.cli import one_blas_thread; "
+            "one_blas_thread(); print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={
+        **os.environ, "OPENBLAS_NUM_THREADS": "2"}, check=True).stdout
+    assert out.strip() == "[1]"

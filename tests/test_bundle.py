@@ -285,6 +285,16 @@ def test_verification_codes_are_memory_mapped_and_checked_block_by_block_on_firs
         codes[10]
 
 
+def test_blocks_of_another_size_than_this_writer_uses_are_read(tmp_path):
+    p = tmp_path / "v.segmap"
+    with pytest.MonkeyPatch.context() as m:
+        ref = blocked(m)                             # blocks of 3 images
+        ref.write(p)
+    codes = MapBundle.read(p).arrays["verify_codes"]
+    assert codes.rows == 3 != B.block_rows(codes.shape, 2)
+    np.testing.assert_array_equal(np.asarray(codes), ref.arrays["verify_codes"])
+
+
 def test_truncated_verification_codes_are_refused_at_load(tmp_path, monkeypatch):
     p = tmp_path / "v.segmap"
     blocked(monkeypatch).write(p)
