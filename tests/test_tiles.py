@@ -179,6 +179,12 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
     index.write_text(json.dumps(doc))
     with pytest.raises(TileIndexError, match="claims 999999.. images, more than the file can hold"):
         read_index(folder)
+    shutil.copy(maps["folder"] / "tiles.json", index)
+    (folder / doc["tiles"][3]["file"]).unlink()
+    with pytest.raises(TileIndexError, match="a tile of the map folder is missing"):
+        read_index(folder)
+    r = cli("localize", "--map", folder, "--images", folder, "--engines", engines_dir)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "is missing" in r.stderr
     r = cli("inspect", maps["folder"])
     assert r.returncode == 0 and "111 in 6 tiles of 1003 m" in r.stdout and r.stdout.count("tile_e") == 6
 

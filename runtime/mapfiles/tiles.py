@@ -97,13 +97,16 @@ def read_index(folder: str | os.PathLike) -> dict:
 
 
 def check_tile_sizes(doc: dict, folder: Path) -> None:
-    """Each present tile file is large enough for the images the index claims for it (per image a
-    bundle holds at least its label map, one byte per patch, and its segment count): a tampered
-    count is refused here, before anything is sized by it. Missing files fail when the tile loads."""
+    """Every tile file is there (a folder is used whole: a robot learns of a missing tile before it
+    sets off, not when it reaches that tile) and large enough for the images the index claims for
+    it (per image a bundle holds at least its label map, one byte per patch, and its segment count):
+    a tampered count is refused here, before anything is sized by it."""
     min_bytes = int(np.prod(doc["engine"]["patch_grid"])) + 4
     for t in doc["tiles"]:
         path = folder / t["file"]
-        if path.is_file() and t["images"] * min_bytes > path.stat().st_size:
+        if not path.is_file():
+            raise TileIndexError(f"{printable(path)}: a tile of the map folder is missing (copy the whole folder)")
+        if t["images"] * min_bytes > path.stat().st_size:
             raise TileIndexError(f"{printable(path)}: the tile index claims {t['images']} images, more than the "
                                  "file can hold")
 
