@@ -408,8 +408,8 @@ def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fp
     if save_vis is not None and map_path.is_dir():
         raise click.UsageError("--save-vis needs a map bundle file; explanations of a map folder are not supported")
     _no_domain_for_folders(map_path, domain)
-    one_blas_thread()
     loc = _open_localizer(map_path, engines_dir, domain, device, threads, near)
+    one_blas_thread()
     inputs = [map_path] + (loc.files() if map_path.is_dir() else []) + ([Path(video)] if video else []) \
         + ([domain] if domain else []) \
         + (list_images(images_dir) if images_dir and images_dir.is_dir() else [])
@@ -443,7 +443,8 @@ def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fp
 
 def one_blas_thread() -> None:
     """A frame's numpy work after the engine (PCA, re-scoring, verification) is small products:
-    one BLAS thread for the rest of the process, as idle OpenBLAS workers otherwise spin after each
+    one thread for every BLAS library loaded so far (numpy's; faiss's once a map with a faiss index
+    is open: call this after opening it), as idle OpenBLAS workers otherwise spin after each
     product and take the CPU the engine and the camera need (``benchmarks/scale.py``)."""
     from threadpoolctl import threadpool_limits
 
@@ -533,8 +534,6 @@ def eval_cmd(dataset_dir, engines_dir, size, methods, segmenter, order, pca_dims
     """Recall@1/5/10 of one or more methods (--method repeated) on a dataset with ground truth,
     or of an existing map bundle (--map MAP QUERY_DIR...)."""
     from segvlad_edge.runtime import evaluate
-
-    one_blas_thread()
     from segvlad_edge.runtime.inputs.datasets import load_dataset
 
     if map_path is not None:
@@ -579,6 +578,7 @@ def _eval_map(map_path, query_dirs, metadata_csv, engines_dir, domain, threads, 
 
     _no_domain_for_folders(map_path, domain)
     loc = open_map(map_path, engines_dir, threads=threads, domain=domain)
+    one_blas_thread()
     dirs = [Path(os.path.abspath(d)) for d in query_dirs]     # not resolved: a symlinked image keeps its name
     root = Path(os.path.commonpath(dirs))
     queries = [((d / name).relative_to(root).as_posix(), d / name) for d in dirs for name, _ in _image_list(d)]

@@ -181,17 +181,27 @@ class Localizer:
 
     def _find_corrupt(self, images) -> bool:
         """Which of ``images`` have verification codes that fail their block checksum (bundle format
-        4 checks them on first read): added to ``corrupt`` with one warning each, so they leave this and
-        every later answer while the run goes on. False when none of them fails."""
+        4 checks them on first read): they and the other images of their block are added to
+        ``corrupt`` with one warning per block, so they leave this and every later answer while the
+        run goes on. False when none of them fails."""
         found = False
-        for i in images:
+        for i in map(int, images):
+            if i in self.corrupt:
+                continue
             try:
-                self.map_codes[[int(i)]]
+                self.map_codes[[i]]
             except BundleError as e:
-                self.corrupt.add(int(i))
+                block = self._code_block(i)
+                self.corrupt.update(block)
                 found = True
-                log.warning("%s; map image %s is left out of the answers", e, self.names[int(i)])
+                log.warning("%s; map images %s-%s are left out of the answers", e, self.names[block[0]],
+                            self.names[block[-1]])
         return found
+
+    def _code_block(self, i: int) -> range:
+        """Map images that share image ``i``'s checksummed block of verification codes."""
+        rows = getattr(self.map_codes, "rows", 1)
+        return range(i // rows * rows, min(i // rows * rows + rows, len(self.names)))
 
     def answer(self, ranked: Ranked, ms: dict, segments: int, top: int, frame=None) -> Answer:
         entries = []

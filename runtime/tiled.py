@@ -185,6 +185,12 @@ class TiledLocalizer(Localizer):
         return (np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1),
                 np.concatenate(seg_image) if seg_image else np.zeros(0, np.int64))
 
+    def _code_block(self, i: int) -> range:
+        t, j = self.tile_of(i)
+        rows = getattr(self.tile(t, keep=self.keep).bundle.arrays["verify_codes"], "rows", 1)
+        start = int(self.first[t]) + j // rows * rows
+        return range(start, min(start + rows, int(self.first[t + 1])))
+
     def image(self, i: int) -> dict:
         t, j = self.tile_of(i)
         return self.tile(t, keep=self.keep).bundle.images[j]

@@ -24,7 +24,7 @@ import numpy as np
 from segvlad_edge import __version__
 from segvlad_edge.files import atomic_folder, sha256_file
 from segvlad_edge.runtime.map_edit import select_images
-from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+from segvlad_edge.runtime.mapfiles.bundle import CheckedRows, MapBundle
 from segvlad_edge.runtime.mapfiles.domain import save_domain
 from segvlad_edge.runtime.mapfiles.tiles import FIT_NAME, FOLDER_FORMAT, FOLDER_VERSION, bbox_of, write_index
 from segvlad_edge.runtime.mapping import BuildSummary, MapBuildError, build_map
@@ -82,6 +82,9 @@ def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike
     index (``store_index``). Returns the tile index written."""
     names = [img["name"] for img in bundle.images]
     check_positions(names, {img["name"]: img.get("meta") for img in bundle.images})
+    codes = bundle.arrays.get("verify_codes")
+    if isinstance(codes, CheckedRows):               # a corrupted block fails now, not after the first tiles
+        codes.check_all()
     positions = MapPositions.from_images(bundle.images)          # every image has GPS: xy on the GPS plane
     latlon = latlon_of(bundle.images)
     keys = tile_keys(positions.xy, tile_m)
