@@ -199,9 +199,9 @@ class Localizer:
         return found
 
     def _code_block(self, i: int) -> range:
-        """Map images that share image ``i``'s checksummed block of verification codes."""
-        rows = getattr(self.map_codes, "rows", 1)
-        return range(i // rows * rows, min(i // rows * rows + rows, len(self.names)))
+        """Map images that share image ``i``'s checksummed block of verification codes (only block-
+        checked codes, ``CheckedRows``, fail on read)."""
+        return self.map_codes.block(i)
 
     def answer(self, ranked: Ranked, ms: dict, segments: int, top: int, frame=None) -> Answer:
         entries = []

@@ -187,9 +187,8 @@ class TiledLocalizer(Localizer):
 
     def _code_block(self, i: int) -> range:
         t, j = self.tile_of(i)
-        rows = getattr(self.tile(t, keep=self.keep).bundle.arrays["verify_codes"], "rows", 1)
-        start = int(self.first[t]) + j // rows * rows
-        return range(start, min(start + rows, int(self.first[t + 1])))
+        block = self.tile(t, keep=self.keep).bundle.arrays["verify_codes"].block(j)
+        return range(int(self.first[t]) + block.start, int(self.first[t]) + block.stop)
 
     def image(self, i: int) -> dict:
         t, j = self.tile_of(i)

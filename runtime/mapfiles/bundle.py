@@ -472,17 +472,23 @@ class CheckedRows:
         out = np.array(self._mapped)
         return out if dtype is None else out.astype(dtype)
 
+    def block(self, row: int) -> range:
+        """The rows checked together with ``row`` (its block)."""
+        start = row // self.rows * self.rows
+        return range(start, min(start + self.rows, len(self)))
+
     def check_all(self) -> None:
         """Check every block now (``verify``), one block in memory at a time."""
         self._check(np.arange(len(self._hashes)))
 
     def _check(self, blocks: np.ndarray) -> None:
         for b in blocks[~self._checked[blocks]]:
-            block = self._mapped[b * self.rows:(b + 1) * self.rows]
+            rows = self.block(b * self.rows)
+            block = self._mapped[rows.start:rows.stop]
             if hashlib.sha256(memoryview(np.ascontiguousarray(block)).cast("B")).hexdigest() != self._hashes[b]:
                 raise BundleError(f"{self.path}: array {self.name!r} checksum mismatch in rows "
-                                  f"{b * self.rows}-{b * self.rows + len(block) - 1}: corrupted")
+                                  f"{rows.start}-{rows.stop - 1}: corrupted")
             if block.dtype.kind == "f" and not np.isfinite(block).all():
                 raise BundleError(f"{self.path}: array {self.name!r} holds NaN or infinite values in rows "
-                                  f"{b * self.rows}-{b * self.rows + len(block) - 1}")
+                                  f"{rows.start}-{rows.stop - 1}")
             self._checked[b] = True
