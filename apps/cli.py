@@ -604,6 +604,7 @@ def inspect_cmd(map_path):
     """Print what a map bundle or map folder holds."""
     import numpy as np
 
+    from segvlad_edge.apps.stream import map_ref
     from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 
     if map_path.is_dir():
@@ -613,7 +614,8 @@ def inspect_cmd(map_path):
     m = b.meta
     size = os.path.getsize(map_path)
     n = len(b.images)
-    click.echo(f"{map_path}: segvlad-edge map, format {m['format_version']}, created {m['created']} by {m['created_by']}")
+    click.echo(f"{map_path}: segvlad-edge map, format {m['format_version']}, id {map_ref(map_path)['id']}, "
+               f"created {m['created']} by {m['created_by']}")
     click.echo(f"  images {n}, segments {len(b.arrays['descriptors'])} "
                f"({len(b.arrays['descriptors']) / n:.1f}/image), {size / 1024:.1f} KiB ({size / n / 1024:.2f} KiB/image)")
     e = m["engine"]
@@ -640,11 +642,12 @@ def inspect_cmd(map_path):
 
 def _inspect_folder(folder: Path) -> None:
     """``inspect`` of a map folder: its tile index, one line per tile."""
+    from segvlad_edge.apps.stream import map_ref
     from segvlad_edge.runtime.mapfiles.tiles import read_index
 
     doc = read_index(folder)
-    click.echo(f"{folder}: segvlad-edge map folder, version {doc['version']}, created {doc['created']} by "
-               f"{doc['created_by']}")
+    click.echo(f"{folder}: segvlad-edge map folder, version {doc['version']}, id {map_ref(folder)['id']}, "
+               f"created {doc['created']} by {doc['created_by']}")
     click.echo(f"  images {doc['images']} in {len(doc['tiles'])} tiles of {doc['tile_m']:g} m; shared fit "
                f"{doc['fit']['file']} (sha256 {doc['fit']['models_sha256'][:12]}), "
                f"{(folder / doc['fit']['file']).stat().st_size / 1024:.1f} KiB")

@@ -3,7 +3,7 @@
 ``run_stream(localizer, source, sink, conf)`` runs until the source ends or ``stop`` is set (the CLI
 sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)::
 
-    {"schema": "segvlad-edge/localize/1", "map": {"file": str, "sha256": str (12 hex)},
+    {"schema": "segvlad-edge/localize/2", "map": {"file": str, "id": str (12 hex)},
      "query": str, "frame": int, "timestamp": float (unix s, capture time: runtime/inputs/sources.py),
      "top": [{"name": str, "score": float, "meta"?: {...}}], "match": str | null,
      "confidence": float, "similarity": float, "segments": int,
@@ -26,19 +26,22 @@ import numpy as np
 
 from segvlad_edge.apps.explain import save_explanation
 from segvlad_edge.files import sha256_file
+from segvlad_edge.runtime.mapfiles.bundle import header_sha256
 from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME
 from segvlad_edge.runtime.steps.position import CANDIDATES
 from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
-SCHEMA = "segvlad-edge/localize/1"
+SCHEMA = "segvlad-edge/localize/2"      # /2: "map" names the bundle by its header's sha256 ("id"), not the file's
 CONF = {"top": 5, "max_fps": 0.0, "filter": False, "save_vis": None}
 
 
 def map_ref(path: str | Path) -> dict:
-    """``{"file": name, "sha256": first 12 hex digits of the bundle file's sha256}``: which map
-    answered (a map folder: its name and its tile index's sha256)."""
+    """``{"file": name, "id": 12 hex digits}``: which map answered. A bundle's id is its sealed
+    header's sha256 (``segvlad-edge inspect`` prints it; the header holds every array's sha256, so
+    it names the content without hashing gigabytes of verification codes at start); a map
+    folder's, its tile index's sha256."""
     path = Path(path)
-    return {"file": path.name, "sha256": sha256_file(path / INDEX_NAME if path.is_dir() else path)[:12]}
+    return {"file": path.name, "id": sha256_file(path / INDEX_NAME)[:12] if path.is_dir() else header_sha256(path)[:12]}
 
 
 def filtered_position(localizer, belief: np.ndarray) -> dict | None:

@@ -75,6 +75,31 @@ def test_exact_search_in_chunks_matches_one_block(monkeypatch):
     np.testing.assert_allclose(sims2, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind,params", [("hnsw", {}), ("hnswsq", {}), ("ivfpq", {"nlist": 32, "train_max": 3000})])
+def test_repeated_query_rows_are_searched_once_with_the_same_answers(kind, params, monkeypatch):
+    """A frame's SuperSegments often share a descriptor: each distinct row is searched once and
+    every copy gets the answer the row gets alone."""
+    x = clustered(n=2000)
+    q = queries(x, 12)
+    idx = SegmentIndex(x, kind, threads=1)
+    idx.params.update(params)
+    alone = [idx.search(q[i:i + 1], 10) for i in range(len(q))]
+    picks = [0, 3, 3, 7, 0, 11, 3, 5]
+    batch = q[picks]
+    searched = []
+    real = I.SegmentIndex.search
+
+    def spy(self, queries, k, exact=False):
+        searched.append(len(queries))
+        return real(self, queries, k, exact)
+    monkeypatch.setattr(I.SegmentIndex, "search", spy)
+    ids, sims = idx.search(batch, 10)
+    assert searched == [8, 5]                       # the batch, then its 5 distinct rows once
+    for i, ids_row, sims_row in zip(picks, ids, sims):
+        np.testing.assert_array_equal(ids_row, alone[i][0][0])
+        np.testing.assert_allclose(sims_row, alone[i][1][0], atol=1e-6)
+
+
 def test_malformed_stored_hnsw_is_refused():
     x = clustered(n=400)
     meta, stored = SegmentIndex(x, "hnsw", threads=1).to_arrays()

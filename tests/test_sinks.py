@@ -43,10 +43,14 @@ def test_every_output_gets_identical_records_naming_the_map(datasets, corridor_b
     assert len(stdout) == 3
     assert a.read_text().splitlines() == ['{"earlier": "run"}'] + stdout and b.read_text().splitlines() == stdout
     assert [rx.recv(65536).decode() for _ in stdout] == stdout
-    sha = hashlib.sha256(corridor_bundle.read_bytes()).hexdigest()[:12]
+    raw = corridor_bundle.read_bytes()                  # the map's id: its sealed header's sha256 (prefix <16sIQ32s)
+    header_len = int.from_bytes(raw[20:28], "little")
+    map_id = hashlib.sha256(raw[60:60 + header_len]).hexdigest()[:12]
+    assert raw[28:60].hex()[:12] == map_id
     for line in map(json.loads, stdout):
-        assert line["map"] == {"file": corridor_bundle.name, "sha256": sha}
+        assert line["map"] == {"file": corridor_bundle.name, "id": map_id}
         assert "position" in line and line["position"] is None          # this map carries no positions
+    assert f"id {map_id}," in cli("inspect", corridor_bundle).stdout
 
 
 @pytest.mark.parametrize("target, words", [("udp://127.0.0.1:99999", ["99999", "port from 1 to 65535"]),

@@ -42,7 +42,7 @@ def test_video_gives_one_json_line_per_processed_frame(video, corridor_bundle, e
     assert [x["frame"] for x in lines] == list(range(0, 30, 2))
     hits = 0
     for x in lines:
-        assert KEYS <= set(x) and x["schema"] == "segvlad-edge/localize/1" and "filtered" in x
+        assert KEYS <= set(x) and x["schema"] == "segvlad-edge/localize/2" and "filtered" in x
         assert 0 <= x["confidence"] <= 1 and x["ms"]["total"] >= x["ms"]["features"] > 0
         hits += abs(int(x["top"][0]["name"][:7]) - x["frame"]) <= 2
     assert hits >= 0.6 * len(lines)

@@ -254,7 +254,7 @@ def test_build_map_tile_m_and_localize_near_end_to_end(datasets, engines_dir, tm
             "--threads", "2")
     assert r.returncode == 0, r.stderr
     recs = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(recs) == 2 and all(rec["map"]["file"] == "site" and rec["schema"] == "segvlad-edge/localize/1"
+    assert len(recs) == 2 and all(rec["map"]["file"] == "site" and rec["schema"] == "segvlad-edge/localize/2"
                                   for rec in recs)
     assert {e["name"] for rec in recs for e in rec["top"]} <= {p.name for p in ref[:3]}   # tile 0 only
     r = cli("localize", "--map", out, "--near", "91,9", "--images", queries, "--engines", engines_dir)

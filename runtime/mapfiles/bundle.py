@@ -348,6 +348,17 @@ def read_arrays(path: str | os.PathLike, what: str = "map bundle") -> tuple[dict
         raise BundleError(f"{path}: cannot read {what} ({e.strerror or e})") from None
 
 
+def header_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a container file's sealed header, read from its prefix (checked against the
+    header whenever the file is read): the header holds every array's sha256 (and each block's),
+    so this names the file's whole content without reading its data."""
+    with open_regular(path) as f:
+        prefix = f.read(PREFIX.size)
+    if len(prefix) < PREFIX.size or PREFIX.unpack(prefix)[0] != MAGIC:
+        raise BundleError(f"{path}: not a segvlad-edge container file")
+    return PREFIX.unpack(prefix)[3].hex()
+
+
 def _read(f, size: int, path: Path, what: str) -> tuple[dict, dict]:
     prefix = f.read(PREFIX.size)
     if len(prefix) < PREFIX.size:

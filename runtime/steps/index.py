@@ -50,9 +50,9 @@ HNSWSQ_FROM = 1_000             # segments (about 50 images): from here HNSW-SQ8
 IVFPQ_FROM = 20_000             # segments (about 900 images): from here IVF-PQ (benchmarks/scale.py)
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
 HNSWSQ = {"m": 32, "ef_construction": 40, "ef": 400, "rerank": 4, "qtype": "QT_8bit", "train_max": 100_000, "seed": 0}
-IVFPQ = {"pq_m": 128, "nprobe": 64, "rerank": 2, "train_max": 300_000, "seed": 0,
+IVFPQ = {"pq_m": 128, "nprobe": 128, "rerank": 2, "train_max": 300_000, "seed": 0,
          "quantizer": "hnsw", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": True,
-         "refine": "sq8", "refine_factor": 16}
+         "refine": "sq8", "refine_factor": 4}
 SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
 MAX_CANDIDATE_FACTOR = 1024    # IVF-PQ: rerank x refine_factor candidates per result at most (bounds a search's memory)
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
@@ -131,6 +131,10 @@ class SegmentIndex:
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, np.float32)
+        unique, inverse = np.unique(q, axis=0, return_inverse=True) if len(q) > 1 else (q, None)
+        if len(unique) < len(q):        # SuperSegments grown into the same region share a descriptor: search it once
+            ids, sims = self.search(unique, k, exact)
+            return ids[inverse.reshape(-1)], sims[inverse.reshape(-1)]
         kk = min(k, len(self))
         ids = np.full((len(q), k), -1, np.int64)
         sims = np.full((len(q), k), -np.inf, np.float32)
