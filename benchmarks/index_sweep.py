@@ -133,6 +133,9 @@ def main():
     ap.add_argument("--rerank", type=int, nargs="+", default=[2, 8, 32])
     ap.add_argument("--train", type=int, default=200_000)
     ap.add_argument("--implem", type=int, nargs="+", default=[0], help="faiss fast-scan implementations (0: auto)")
+    ap.add_argument("--bundle", type=Path, help="sweep the search settings of this bundle's stored IVF-PQ index "
+                    "through the product's own search (SegmentIndex.search) instead of building faiss indexes; "
+                    "--specs then lists NPROBE,...:REFINE_FACTOR,...")
     a = ap.parse_args()
     x16, n_real, mean, chol = map_descriptors(a.work, a.images)
     rng = np.random.default_rng(1)
@@ -143,6 +146,9 @@ def main():
     exact = {name: exact_top(x16, q) for name, q in sets.items()}
     print(f"{len(x16)} segments ({n_real} real), dims {x16.shape[1]}; exact top-{K} in "
           f"{time.perf_counter() - t:.0f} s; queries: " + ", ".join(f"{n} {len(q)}" for n, q in sets.items()), flush=True)
+    if a.bundle:
+        sweep_bundle(a.bundle, a.specs, a.rerank, sets, exact)
+        return
     train = np.asarray(x16[np.sort(np.random.default_rng(0).choice(len(x16), min(len(x16), a.train), replace=False))],
                        np.float32)
     print(f"{'index':>8s} {'nlist':>6s} {'quant':>5s} {'build s':>7s} {'B/seg':>6s} {'nprobe':>6s} {'rerank':>6s} {'refine':>6s} {'implem':>6s} "
@@ -183,6 +189,28 @@ def main():
             print(f"{kind:>8s} {int(nlist):6d} {quant:>5s} {tb:7.0f} {nbytes / len(x16):6.0f} {nprobe:6d} {rr:6d} {factor:6d} {implem:6d} "
                   + " ".join(cols), flush=True)
         del idx
+
+
+def sweep_bundle(path: Path, specs: list[str], reranks: list[int], sets: dict, exact: dict) -> None:
+    """The product's search (``SegmentIndex.search``: distinct query rows once, candidates, refine,
+    exact re-scoring) over a stored index, for each ``NPROBE,...:REFINE_FACTOR,...`` of ``specs``
+    and each rerank: recall and process CPU ms per frame of PER_FRAME segments, one thread."""
+    from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+    from segvlad_edge.runtime.steps.index import open_index
+
+    idx = open_index(MapBundle.read(path), threads=1)
+    print(f"{path.name}: {idx.kind}, stored {idx.params}")
+    print(f"{'nprobe':>6s} {'refine':>6s} {'rerank':>6s} " + " ".join(f"{n + ' recall':>16s} {'ms/frame':>8s}" for n in sets))
+    for spec in specs:
+        probes, factors = ([int(v) for v in part.split(",")] for part in spec.split(":"))
+        for nprobe, factor, rr in itertools.product(probes, factors, reranks):
+            idx.params.update(nprobe=nprobe, refine_factor=factor, rerank=rr)
+            cols = []
+            for name, q in sets.items():
+                c0 = time.process_time()
+                _, s = idx.search(q, K)
+                cols.append(f"{recall(s, exact[name]):16.4f} {1e3 * (time.process_time() - c0) * PER_FRAME / len(q):8.2f}")
+            print(f"{nprobe:6d} {factor:6d} {rr:6d} " + " ".join(cols), flush=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 
 from segvlad_edge.files import sha256_file
 from segvlad_edge.runtime.localizer import Answer, Localizer, bundle_sizes, engine_for
-from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle, header_sha256
 from segvlad_edge.runtime.mapfiles.domain import load_domain
 from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME, TileIndexError, bbox_distance_m, read_index
 from segvlad_edge.runtime.pipeline import FramePipeline, make_pipeline
@@ -129,11 +129,13 @@ class TiledLocalizer(Localizer):
             [self.path / t["file"] for t in self.doc["tiles"]]
 
     def load_tile(self, t: int) -> Tile:
-        """Tile ``t`` read and checked against the tile index (sha256, images, engine, settings, fit,
-        verification coder, positions inside its bounding box); TileIndexError where it disagrees."""
+        """Tile ``t`` read and checked against the tile index (header sha256, or the file's for a
+        version-1 index; images, engine, settings, fit, verification coder, positions inside its
+        bounding box); TileIndexError where it disagrees."""
         rec, doc = self.doc["tiles"][t], self.doc
         path = self.path / rec["file"]
-        if not path.is_file() or sha256_file(path) != rec["sha256"]:
+        if not path.is_file() or (header_sha256(path) != rec["header_sha256"] if "header_sha256" in rec
+                                  else sha256_file(path) != rec["sha256"]):
             raise TileIndexError(f"{path}: missing, or its sha256 differs from the tile index's: changed or corrupted")
         b = MapBundle.read(path)
         a = b.arrays

@@ -24,7 +24,7 @@ import numpy as np
 from segvlad_edge import __version__
 from segvlad_edge.files import atomic_folder, sha256_file
 from segvlad_edge.runtime.map_edit import select_images
-from segvlad_edge.runtime.mapfiles.bundle import CheckedRows, MapBundle
+from segvlad_edge.runtime.mapfiles.bundle import CheckedRows, MapBundle, header_sha256
 from segvlad_edge.runtime.mapfiles.domain import save_domain
 from segvlad_edge.runtime.mapfiles.tiles import FIT_NAME, FOLDER_FORMAT, FOLDER_VERSION, bbox_of, write_index
 from segvlad_edge.runtime.mapping import BuildSummary, MapBuildError, build_map
@@ -102,7 +102,8 @@ def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike
             keep[groups[key]] = True
             path = tmp / f"tile_e{key[0]:04d}_n{key[1]:04d}.segmap"
             _write_tile(bundle, keep, fit_ref, path, index_kind)
-            tiles.append({"file": path.name, "sha256": sha256_file(path), "images": int(keep.sum()),
+            tiles.append({"file": path.name, "sha256": sha256_file(path), "header_sha256": header_sha256(path),
+                          "images": int(keep.sum()),
                           "bbox": bbox_of(latlon[keep]), "fit_sha256": fit_ref["sha256"]})
         doc = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION, "created_by": f"segvlad-edge {__version__}",
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tile_m": float(tile_m),

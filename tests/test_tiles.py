@@ -81,8 +81,10 @@ def test_all_tiles_answer_like_the_single_bundle(maps, datasets, engines_dir):
         image = load_image(path)
         # exact search: the stored HNSW graphs are approximate (the tiles' smaller graphs miss fewer neighbours)
         a, t = single.localize(image, exact=True), tiled.localize(image, exact=True)
-        strip = lambda top: [{k: v for k, v in e.items() if k != "index"} for e in top]  # noqa: E731
+        # scores are sums of float32 similarities from products of other shapes: equal to rounding
+        strip = lambda top: [{k: v for k, v in e.items() if k not in ("index", "score")} for e in top]  # noqa: E731
         assert strip(a.top) == strip(t.top) and a.confidence == t.confidence and a.position == t.position
+        assert [e["score"] for e in a.top] == pytest.approx([e["score"] for e in t.top], rel=1e-5)
         assert (a.match or {}).get("name") == (t.match or {}).get("name")
         confident += a.match is not None
     assert confident >= 3 and len(tiled.loaded) == 6
@@ -123,6 +125,7 @@ def test_lru_keeps_a_few_tiles(maps, engines_dir):
 
 
 def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
+    from segvlad_edge.runtime.mapfiles.bundle import BundleError
     from segvlad_edge.runtime.mapfiles.tiles import TileIndexError, read_index
     from segvlad_edge.runtime.tiled import TiledLocalizer
 
@@ -140,13 +143,17 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
     assert r.returncode == 1 and "FAIL tile index" in r.stdout
     shutil.copy(maps["folder"] / "tiles.json", index)
     tile = folder / doc["tiles"][2]["file"]
-    data = bytearray(tile.read_bytes())
-    data[-10] ^= 1
-    tile.write_bytes(bytes(data))
+    shutil.copy(folder / doc["tiles"][1]["file"], tile)     # a valid bundle, but not the tile the index names
     tiled = TiledLocalizer.open(folder, engines_dir)
     with pytest.raises(TileIndexError, match="sha256 differs"):
         tiled.rank_descriptors(np.asarray(maps["loc"].bundle.arrays["descriptors"][:3]))
-    r = cli("verify", folder, "--engines", engines_dir)
+    shutil.copy(maps["folder"] / doc["tiles"][2]["file"], tile)
+    data = bytearray(tile.read_bytes())                  # one bit of its descriptors flipped: the header still
+    data[array_offset(data, "descriptors") + 5] ^= 1     # matches the index, the bundle's own checksum does not
+    tile.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="array 'descriptors' checksum mismatch"):
+        TiledLocalizer.open(folder, engines_dir).rank_descriptors(np.asarray(maps["loc"].bundle.arrays["descriptors"][:3]))
+    r = cli("verify", folder, "--engines", engines_dir)       # verify hashes every tile file in full
     assert r.returncode == 1 and f"FAIL {doc['tiles'][2]['file']}" in r.stdout and "FAIL tile" not in r.stdout.replace(
         f"FAIL {doc['tiles'][2]['file']}", "")
     shutil.copy(maps["folder"] / doc["tiles"][2]["file"], tile)
@@ -164,7 +171,8 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
         TiledLocalizer.open(folder, engines_dir).rank_descriptors(np.asarray(maps["loc"].bundle.arrays["descriptors"][:3]))
     r = cli("verify", folder, "--engines", engines_dir)             # verify makes the localizer's checks too
     assert r.returncode == 1 and "outside the tile index's bounding box" in r.stdout
-    for field, value, message in (("version", 2, "newer than"), ("images", -3, "images: -3 is below 1"),
+    for field, value, message in (("version", 3, "newer than"), ("images", -3, "images: -3 is below 1"),
+                                  ("version", 1, "header_sha256 is required from version 2"),
                                   ("tile_m", "far", "tile_m: 'far' is not a number"),
                                   ("calib_negatives", [0.5, 0.2], "not sorted")):
         doc = {**read_index(maps["folder"]), field: value}
@@ -187,6 +195,41 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "is missing" in r.stderr
     r = cli("inspect", maps["folder"])
     assert r.returncode == 0 and "111 in 6 tiles of 1003 m" in r.stdout and r.stdout.count("tile_e") == 6
+
+
+def array_offset(data: bytes, name: str) -> int:
+    """Byte offset of array ``name``'s data in a bundle file's bytes (the container layout)."""
+    from segvlad_edge.runtime.mapfiles.bundle import ALIGN, PREFIX
+
+    header_len = PREFIX.unpack_from(data)[2]
+    header = json.loads(bytes(data[PREFIX.size:PREFIX.size + header_len]))
+    return -(-(PREFIX.size + header_len) // ALIGN) * ALIGN + header["arrays"][name]["offset"]
+
+
+def test_a_version_1_folder_checks_its_tiles_by_file_sha256(maps, engines_dir, tmp_path):
+    """Folders written before the tiles' header_sha256 still load and answer, each tile checked by
+    the sha256 of its whole file."""
+    from segvlad_edge.runtime.mapfiles.tiles import TileIndexError, checksum, read_index
+    from segvlad_edge.runtime.tiled import TiledLocalizer
+
+    folder = tmp_path / "v1"
+    shutil.copytree(maps["folder"], folder)
+    doc = read_index(folder)
+    doc = {**doc, "version": 1, "tiles": [{k: v for k, v in t.items() if k != "header_sha256"} for t in doc["tiles"]]}
+    doc["checksum"] = checksum(doc)
+    (folder / "tiles.json").write_text(json.dumps(doc))
+    desc = np.asarray(maps["loc"].bundle.arrays["descriptors"][:30])
+    expected = maps["loc"].rank_descriptors(desc, 5, exact=True)
+    tiled = TiledLocalizer.open(folder, engines_dir)
+    ranked = tiled.rank_descriptors(desc, 5, exact=True)
+    assert [maps["loc"].names[j] for j in expected.images] == [tiled.names[j] for j in ranked.images]
+    assert len(tiled.loaded) == 6
+    tile = folder / doc["tiles"][0]["file"]
+    data = bytearray(tile.read_bytes())
+    data[-10] ^= 1
+    tile.write_bytes(bytes(data))
+    with pytest.raises(TileIndexError, match="sha256 differs"):
+        TiledLocalizer.open(folder, engines_dir).rank_descriptors(desc)
 
 
 def test_positions_are_required_and_outputs_are_safe(maps, corridor_bundle, datasets, tmp_path):

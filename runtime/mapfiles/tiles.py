@@ -14,7 +14,10 @@ arrays: what each tile records), ``positions`` (``origin`` [lat, lon] degrees an
 of the whole map, so positions equal the single bundle's), ``verify`` (tiles carry verification
 data), ``calib_negatives`` (the whole map's confidence calibration, sorted; runtime/steps/confidence.py),
 ``images`` (the map's total), ``tile_m``, and per tile ``file``, ``sha256`` of the tile
-file, ``images``, ``bbox`` [lat_min, lon_min, lat_max, lon_max] of its images and ``fit_sha256``;
+file, ``header_sha256`` of its sealed header (from version 2: a tile loaded on the way is checked
+by it and by the bundle's own array and block checksums, not by hashing the whole file, which
+holds about 94 KiB of verification codes per image), ``images``, ``bbox`` [lat_min, lon_min,
+lat_max, lon_max] of its images and ``fit_sha256``;
 ``checksum``: the sha256 of the index's canonical JSON without it. The map's image order is the
 tiles' in index order, each tile's images in their bundle order.
 """
@@ -38,12 +41,13 @@ from segvlad_edge.schema import FILE_NAME, Bool, Float, Int, Json, List, Obj, Sc
 INDEX_NAME = "tiles.json"
 FIT_NAME = "fit.domain"
 FOLDER_FORMAT = "segvlad-edge map folder"
-FOLDER_VERSION = 1
+FOLDER_VERSION = 2              # 2: tiles carry header_sha256
 MAX_TILES = 1_000_000
 MAX_INDEX_BYTES = 256 << 20
 BBOX = List(Float(-180.0, 180.0), 4, 4)
-TILE = Obj({"file": FILE_NAME, "sha256": HEX64, "images": Int(1, MAX_IMAGES), "bbox": BBOX, "fit_sha256": HEX64})
-INDEX = Obj({"format": Str((FOLDER_FORMAT,)), "version": Int(FOLDER_VERSION, FOLDER_VERSION),
+TILE = Obj({"file": FILE_NAME, "sha256": HEX64, "header_sha256": HEX64, "images": Int(1, MAX_IMAGES), "bbox": BBOX,
+            "fit_sha256": HEX64}, optional=("header_sha256",))
+INDEX = Obj({"format": Str((FOLDER_FORMAT,)), "version": Int(1, FOLDER_VERSION),
              "created": Str(max_len=64), "created_by": Str(max_len=256), "tile_m": Float(1.0, 1e7),
              "engine": ENGINE, "settings": Json(),
              "fit": Obj({"file": FILE_NAME, "sha256": HEX64, "models_sha256": HEX64}),
@@ -120,6 +124,9 @@ def check_index(doc: dict, where) -> None:
     except SchemaError as e:
         raise TileIndexError(f"{printable(where)}: tile index: {e}") from None
     tiles = doc["tiles"]
+    if any(("header_sha256" in t) != (doc["version"] >= 2) for t in tiles):
+        raise TileIndexError(f"{printable(where)}: tile index: header_sha256 is required from version 2 "
+                             "and unknown before it")
     files = [t["file"] for t in tiles]
     if len(set(files)) != len(files) or {INDEX_NAME, doc["fit"]["file"]} & set(files):
         raise TileIndexError(f"{printable(where)}: tile index names a file twice")
