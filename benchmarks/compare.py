@@ -22,6 +22,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):   # sm
 
 import argparse  # noqa: E402
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +64,9 @@ def build_map(ds, feats, conf, seed, ext, verify: bool = True, frames: dict | No
     bundle = make_bundle(pipe, [ds.name(p) for p in maps], [desc[p] for p in maps], [len(desc[p]) for p in maps],
                          [frames[p].label_map() for p in maps], {}, {"source": "map", "images": len(maps)})
     if verify:
-        bundle.arrays.update(verification_arrays(lambda: (frames[p].fmap.features for p in maps), len(maps), conf, rng))
+        with verification_arrays(lambda: (frames[p].fmap.features for p in maps), bundle.arrays["segment_labels"].shape,
+                                 conf, rng, tempfile.gettempdir()) as verify:        # codes stay mapped after the block
+            bundle.arrays.update(verify)
     return Localizer(bundle, pipe), frames, desc
 
 

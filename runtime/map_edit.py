@@ -8,20 +8,24 @@ calibration and the stored search index are recomputed over the edited map, exac
 build would, and the bundle is written atomically: until the rename, the old map is intact
 (``out`` may be the map itself). The result answers like a full rebuild with the same fit. The
 spatial verification's patch coder counts as part of the map's fit: new images are coded with the
-map's own coder (a full rebuild would refit it on all images, so its codes differ slightly).
+map's own coder (a full rebuild would refit it on all images, so its codes differ slightly). The
+codes (96 KiB per image) pass through a temporary file beside the output, never all in RAM.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
 from segvlad_edge.files import check_output
 from segvlad_edge.runtime import ray_build
-from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle, block_rows, row_blocks, rows_on_disk
 from segvlad_edge.runtime.steps.confidence import held_back_negatives
 from segvlad_edge.runtime.frame_cache import extract_frames, load_features
 from segvlad_edge.runtime.steps.index import store_index
@@ -64,11 +68,12 @@ def add_images(map_path: str | os.PathLike, images: list[tuple[str, Path]], out:
     arrays = {**a, "descriptors": np.concatenate([np.asarray(a["descriptors"])] + descs),
               "segments_per_image": np.concatenate([a["segments_per_image"], np.asarray(counts, np.int32)]),
               "segment_labels": np.concatenate([a["segment_labels"], np.stack(labels).astype(np.uint8)])}
-    if "verify_codes" in a:
+
+    def added(codes):               # the old images' codes block by block, then the new ones' (the map's coder)
         coder = PatchCoder(a["verify_mean"], a["verify_components"])
-        arrays["verify_codes"] = np.concatenate([np.asarray(a["verify_codes"])]
-                                                + [coder.codes(load_features(wf))[None] for _, wf in kept])
-    size, bundle = _finish(old, old.images + entries, arrays, out, inputs)
+        return chain(row_blocks(codes), (coder.codes(load_features(wf))[None] for _, wf in kept))
+    with codes_on_disk(arrays, added, out.parent) as arrays:
+        size, bundle = _finish(old, old.images + entries, arrays, out, inputs)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     n = len(kept)
@@ -89,19 +94,40 @@ def remove_images(map_path: str | os.PathLike, names: list[str], out: str | os.P
     keep = np.array([n not in set(names) for n in have])
     if not keep.any():
         raise MapBuildError(f"{map_path}: removing every image would leave an empty map")
-    return _finish(old, *select_images(old, keep), out)[1]
+    with select_images(old, keep, out.parent) as (images, arrays):
+        return _finish(old, images, arrays, out)[1]
 
 
-def select_images(bundle: MapBundle, keep: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
+@contextmanager
+def select_images(bundle: MapBundle, keep: np.ndarray, folder: str | os.PathLike) -> Iterator[tuple[list[dict], dict]]:
     """``keep [I] bool`` -> the kept images' table entries and the bundle's arrays with only their
-    rows (descriptors, segment table, label maps, verification codes); other arrays as they are."""
+    rows (descriptors, segment table, label maps; verification codes gathered block by block into a
+    temporary file in ``folder``, ``codes_on_disk``, reading only the kept images' blocks); other
+    arrays as they are."""
     a = bundle.arrays
     seg_keep = np.repeat(keep, a["segments_per_image"])
     arrays = {**a, "descriptors": np.asarray(a["descriptors"])[seg_keep],
               "segments_per_image": a["segments_per_image"][keep], "segment_labels": a["segment_labels"][keep]}
-    if "verify_codes" in a:
-        arrays["verify_codes"] = a["verify_codes"][np.flatnonzero(keep)]     # only the kept blocks are read
-    return [img for img, k in zip(bundle.images, keep) if k], arrays
+
+    def kept(codes):                # a block's worth of kept images at a time
+        return (codes[r] for r in row_blocks(np.flatnonzero(keep), block_rows(codes.shape, codes.dtype.itemsize)))
+    with codes_on_disk(arrays, kept, folder) as arrays:
+        yield [img for img, k in zip(bundle.images, keep) if k], arrays
+
+
+@contextmanager
+def codes_on_disk(arrays: dict, rows: Callable[[np.ndarray], Iterable[np.ndarray]],
+                  folder: str | os.PathLike) -> Iterator[dict]:
+    """``arrays`` with their verification codes ``[I, P, d] float16``, if any, replaced by the rows
+    ``rows(codes)`` yields (arrays of whole images, in order), gathered into a nameless temporary
+    file in ``folder`` (``rows_on_disk``: never all in RAM), freed once the block has ended and the
+    arrays are no longer used."""
+    codes = arrays.get("verify_codes")
+    if codes is None:
+        yield arrays
+        return
+    with rows_on_disk(folder, rows(codes), codes.shape[1:], codes.dtype) as stored:
+        yield {**arrays, "verify_codes": stored}
 
 
 def _work_folder(out: Path) -> Path:

@@ -119,10 +119,10 @@ def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike
 def _write_tile(bundle: MapBundle, keep: np.ndarray, fit_ref: dict, path: Path, index_kind: str) -> None:
     """The kept images as a bundle on the shared fit (no vocabulary/PCA of its own), with its own
     search index and the whole map's verification coder (the calibration is in the tile index)."""
-    images, arrays = select_images(bundle, keep)
-    arrays = {k: v for k, v in arrays.items()
-              if not k.startswith("index_") and k not in ("vocab_centers", "pca_mean", "pca_components", "pca_scale",
-                                                          "calib_negatives")}
-    tile = MapBundle({**bundle.meta, "images": images, "fit": fit_ref}, arrays)
-    store_index(tile, index_kind)
-    tile.write(path)
+    with select_images(bundle, keep, path.parent) as (images, arrays):          # codes via a temporary file
+        arrays = {k: v for k, v in arrays.items()
+                  if not k.startswith("index_") and k not in ("vocab_centers", "pca_mean", "pca_components",
+                                                              "pca_scale", "calib_negatives")}
+        tile = MapBundle({**bundle.meta, "images": images, "fit": fit_ref}, arrays)
+        store_index(tile, index_kind)
+        tile.write(path)

@@ -32,6 +32,9 @@ import hashlib
 import json
 import os
 import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -224,7 +227,7 @@ class MapBundle:
                 raise BundleError(f"{where}: array {name!r} is {arr.dtype.name} rank {arr.ndim}, expected {dtype} "
                                   f"rank {rank}")
             if arr.dtype.kind == "f" and name not in ROW_CHECKED and not isinstance(arr, CheckedRows) \
-                    and not all(np.isfinite(block).all() for block in _blocks(arr)):
+                    and not all(np.isfinite(block).all() for block in row_blocks(arr)):
                 raise BundleError(f"{where}: array {name!r} holds NaN or infinite values")
         missing = [n for n, (_, _, required) in ARRAYS.items() if required and n not in self.arrays]
         if missing:
@@ -245,15 +248,21 @@ class MapBundle:
                               "or the patch grid")
 
 
-def _blocks(x: np.ndarray, rows: int = 1 << 16):
-    """``x`` in blocks of ``rows`` leading rows (bounded temporaries on memory-mapped arrays)."""
-    return (x[i:i + rows] for i in range(0, max(len(x), 1), rows)) if x.ndim else (x,)
+def row_blocks(x, rows: int | None = None):
+    """``x`` (an array, ``np.memmap`` or ``CheckedRows``) in blocks of ``rows`` leading rows
+    (default ``block_rows``: about BLOCK_BYTES, bounded temporaries on memory-mapped arrays; a
+    ``CheckedRows`` block is checked as it is read); at least one block, empty for an empty
+    ``x``; a 0-d ``x`` whole."""
+    if not x.ndim:
+        return (x,)
+    rows = rows or block_rows(x.shape, x.dtype.itemsize)
+    return (x[i:i + rows] for i in range(0, max(len(x), 1), rows))
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
     """``[N] bool``: rows that are finite and not all zero (computed block by block)."""
     out = []
-    for b in _blocks(x):
+    for b in row_blocks(x):
         b = np.asarray(b, np.float32)                   # one float32 copy per block
         out.append(np.isfinite(b).all(1) & (np.abs(b).max(1, initial=0) > 0))
     return np.concatenate(out) if out else np.zeros(0, bool)
@@ -296,28 +305,85 @@ def check_models(a: dict, settings: Settings, dims: int | None, where) -> None:
 def write_arrays(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray], inputs=()) -> int:
     """Write ``meta`` + ``arrays`` in the container layout above, atomically (files.atomic_write:
     temporary file, fsync, rename; never over one of ``inputs`` or a special file). Returns the
-    file size in bytes."""
-    entries, offset, end, blobs = {}, 0, 0, []
-    for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
-        data = arr.tobytes()
-        entries[name] = {"dtype": arr.dtype.name, "shape": list(arr.shape), "offset": offset,
-                         "nbytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        if name in LAZY_ARRAYS and arr.ndim:
-            entries[name].update(_block_hashes(data, arr.shape, arr.itemsize))
-        blobs.append(data)
-        end = offset + len(data)
-        offset += -(-len(data) // ALIGN) * ALIGN
-    header = json.dumps({"meta": meta, "arrays": entries, "data_bytes": end}, sort_keys=True, allow_nan=False).encode()
+    file size in bytes.
+
+    The arrays (numpy arrays, ``np.memmap`` or ``CheckedRows``) are streamed in blocks of
+    ``block_rows`` leading rows (about BLOCK_BYTES; one copy of a block in RAM at a time, so a
+    memory-mapped array of any size is written in bounded memory): each block is written at its
+    place after the header and hashed as it is written. The header's length does not depend on
+    the hashes (64 hex digits each), so it is laid out first with placeholders, which fixes where
+    the data starts, and written, sealed, once every array is through."""
+    arrays = {name: arr if isinstance(arr, (np.ndarray, CheckedRows)) else np.asarray(arr)
+              for name, arr in arrays.items()}
+    entries, end = _layout(arrays)
+    header = _header(meta, entries, end)                # placeholders: the same length as the sealed one
     start = -(-(PREFIX.size + len(header)) // ALIGN) * ALIGN
     with atomic_write(path, inputs) as f:
-        f.write(PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest()))
-        f.write(header)
-        for entry, data in zip(entries.values(), blobs):
-            f.seek(start + entry["offset"])
-            f.write(data)
+        for name, arr in arrays.items():
+            f.seek(start + entries[name]["offset"])
+            entries[name].update(_write_array(f, arr, name in LAZY_ARRAYS and arr.ndim > 0))
+        sealed = _header(meta, entries, end)
+        f.seek(0)
+        f.write(PREFIX.pack(MAGIC, FORMAT_VERSION, len(sealed), hashlib.sha256(sealed).digest()))
+        f.write(sealed)
         f.truncate(start + end)
     return Path(path).stat().st_size
+
+
+def _layout(arrays: dict) -> tuple[dict, int]:
+    """``({name: header entry with placeholder hashes}, data bytes)``: each array at a multiple of
+    ALIGN after the previous one, in order."""
+    entries, offset, end = {}, 0, 0
+    placeholder = "0" * 64
+    for name, arr in arrays.items():
+        nbytes = int(arr.nbytes)
+        entries[name] = {"dtype": arr.dtype.name, "shape": list(arr.shape), "offset": offset, "nbytes": nbytes,
+                         "sha256": placeholder}
+        if name in LAZY_ARRAYS and arr.ndim:
+            rows = block_rows(arr.shape, arr.dtype.itemsize)
+            entries[name].update(block_rows=rows, block_sha256=[placeholder] * -(-arr.shape[0] // rows))
+        end = offset + nbytes
+        offset += -(-nbytes // ALIGN) * ALIGN
+    return entries, end
+
+
+def _header(meta: dict, entries: dict, end: int) -> bytes:
+    """The JSON header (raises ValueError for a non-finite number in ``meta``)."""
+    return json.dumps({"meta": meta, "arrays": entries, "data_bytes": end}, sort_keys=True, allow_nan=False).encode()
+
+
+def _write_array(f, arr, per_block: bool) -> dict:
+    """Write ``arr``'s bytes (C order) at ``f``'s position block by block (``row_blocks``); returns its
+    ``{"sha256"}`` and, with ``per_block``, ``{"block_sha256": [hex per block]}``."""
+    whole, blocks = hashlib.sha256(), []
+    for block in row_blocks(arr):
+        data = memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+        f.write(data)
+        whole.update(data)
+        if per_block and len(block):
+            blocks.append(hashlib.sha256(data).hexdigest())
+    return {"sha256": whole.hexdigest(), **({"block_sha256": blocks} if per_block else {})}
+
+
+@contextmanager
+def rows_on_disk(folder: str | os.PathLike, parts: Iterable[np.ndarray], row_shape: tuple, dtype) -> Iterator[np.ndarray]:
+    """``parts`` (arrays of whole rows ``[n_j, *row_shape]``, in order) gathered into one read-only
+    ``np.memmap [sum n_j, *row_shape]`` of ``dtype``, written part by part to a nameless temporary
+    file in ``folder`` (beside the output it is for: disk, not RAM). The file has no name to clean
+    up: it is freed when the block has ended and the memmap is no longer used, or when the process
+    dies. For arrays too large for RAM (the verification codes) that ``write_arrays`` then streams."""
+    row_shape, dtype = tuple(row_shape), np.dtype(dtype)
+    with tempfile.TemporaryFile(dir=folder) as f:
+        rows = 0
+        for part in parts:
+            part = np.ascontiguousarray(part, dtype)
+            if part.shape[1:] != row_shape:
+                raise ValueError(f"rows of shape {part.shape[1:]} among rows of shape {row_shape}")
+            f.write(memoryview(part.reshape(-1).view(np.uint8)))
+            rows += len(part)
+        f.flush()
+        shape = (rows, *row_shape)
+        yield np.memmap(f, dtype, "r", shape=shape) if f.tell() else np.zeros(shape, dtype)     # mmap: not of 0 bytes
 
 
 def block_rows(shape, itemsize: int) -> int:
@@ -325,14 +391,6 @@ def block_rows(shape, itemsize: int) -> int:
     BLOCK_BYTES, at least 1."""
     row = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
     return max(1, BLOCK_BYTES // max(row, 1))
-
-
-def _block_hashes(data: bytes, shape, itemsize: int) -> dict:
-    """``{"block_rows", "block_sha256": [hex per block]}`` of an array's bytes (``shape``, C order)."""
-    rows = block_rows(shape, itemsize)
-    step = len(data) // shape[0] * rows if shape[0] else 0
-    return {"block_rows": rows, "block_sha256": [hashlib.sha256(data[b * step:(b + 1) * step]).hexdigest()
-                                                 for b in range(-(-shape[0] // rows))]}
 
 
 def read_arrays(path: str | os.PathLike, what: str = "map bundle") -> tuple[dict, dict[str, np.ndarray]]:
