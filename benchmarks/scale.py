@@ -10,7 +10,10 @@ share a descriptor) and label map of a random real image, with descriptors drawn
 with the real descriptors' mean and covariance (unit-normalised, float16). The maps carry no
 spatial verification data (96 KiB/image of patch codes, memory-mapped and read for the 10
 shortlisted images per frame: 9.4 GB at 100k images), so start-up here does not include
-checksumming it, and search + ranking does not include verification. Each map is written by
+checksumming it, and search + ranking does not include verification; with ``--verify`` they do
+(the default kind only), each synthetic image carrying its template's codes, gathered into a
+temporary file in ``--work`` and streamed into the bundle as ``build-map`` does, and the
+writing process's memory is printed (``write_map``). Each map is written by
 the product's bundle writer with its stored index (the kind ``build-map`` chooses for its size,
 marked *, and the other kinds where they build in reasonable time: hnswlib up to 0.1M segments,
 HNSW-SQ up to 1M), then a fresh process per bundle measures:
@@ -49,6 +52,9 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from itertools import chain  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -81,11 +87,13 @@ def real_map(work: Path, threads: int) -> Path:
     return out
 
 
-def synthetic_bundle(real, n_images: int, rng: np.random.Generator, verify: bool = False):
-    """The real map extended to ``n_images`` with synthetic images (see the module docstring);
-    ``verify``: with spatial verification data, each synthetic image carrying its template's
-    patch codes."""
-    from segvlad_edge.runtime.mapfiles.bundle import VERIFY_ARRAYS, MapBundle
+@contextmanager
+def synthetic_bundle(real, n_images: int, rng: np.random.Generator, scratch: Path | None = None):
+    """``with synthetic_bundle(...) as (bundle, real images)``: the real map extended to
+    ``n_images`` with synthetic images (see the module docstring); with a ``scratch`` folder, with
+    spatial verification data, each synthetic image carrying its template's patch codes, gathered
+    block by block into a temporary file there (``rows_on_disk``: 9.4 GB at 100k images, not in RAM)."""
+    from segvlad_edge.runtime.mapfiles.bundle import VERIFY_ARRAYS, MapBundle, block_rows, row_blocks, rows_on_disk
 
     a = real.arrays
     counts_r, desc_r = a["segments_per_image"], np.asarray(a["descriptors"], np.float32)
@@ -112,42 +120,78 @@ def synthetic_bundle(real, n_images: int, rng: np.random.Generator, verify: bool
     labels = np.concatenate([a["segment_labels"][:n_real], a["segment_labels"][templates]])
     meta = {k: v for k, v in real.meta.items() if k != "index"}
     meta["images"] = real.images[:n_real] + [{"name": f"synthetic/{i:06d}.jpg"} for i in range(len(templates))]
-    arrays = {k: v for k, v in a.items() if not k.startswith("index_") and (verify or k not in VERIFY_ARRAYS)}
+    arrays = {k: v for k, v in a.items() if not k.startswith("index_") and (scratch or k not in VERIFY_ARRAYS)}
     arrays.update(descriptors=desc, segments_per_image=counts, segment_labels=labels)
-    if verify:
-        codes = np.asarray(a["verify_codes"])
-        arrays["verify_codes"] = np.concatenate([codes[:n_real], codes[templates]])
-    return MapBundle(meta, arrays), n_real
+    if scratch is None:
+        yield MapBundle(meta, arrays), n_real
+        return
+    codes = np.asarray(a["verify_codes"])                   # the real images' (328 images: 31 MB)
+    parts = chain([codes[:n_real]], (codes[t] for t in row_blocks(templates, block_rows(codes.shape, codes.itemsize))))
+    with rows_on_disk(scratch, parts, codes.shape[1:], codes.dtype) as stored:
+        yield MapBundle(meta, {**arrays, "verify_codes": stored}), n_real
 
 
 def make_maps(work: Path, sizes: list[int], threads: int, verify: bool = False) -> list[dict]:
     from segvlad_edge.runtime.mapfiles.bundle import MapBundle
-    from segvlad_edge.runtime.steps.index import KINDS, choose_kind, store_index
+    from segvlad_edge.runtime.steps.index import KINDS, choose_kind
 
     real = MapBundle.read(real_map(work, threads))
     rows = []
     for n in sizes:
-        bundle, n_real = synthetic_bundle(real, n, np.random.default_rng(n), verify)
-        segs = len(bundle.arrays["descriptors"])
-        default = choose_kind(segs)
-        for kind in [default] if verify else KINDS:
-            path = work / f"scale-{n}-{kind}{'-verify' if verify else ''}.segmap"
-            if kind != default and segs > BUILD_MAX.get(kind, segs):
-                rows.append({"images": n, "real": n_real, "segments": segs, "kind": kind, "default": False,
-                             "path": None})
-                continue
-            if not path.is_file():
-                t = time.perf_counter()
-                store_index(bundle, kind, threads)
-                bundle.write(path)
-                print(f"{path.name}: index built in {time.perf_counter() - t:.0f} s", flush=True)
-            stored = MapBundle.read(path).arrays
-            rows.append({"images": n, "real": n_real, "segments": segs, "kind": kind, "default": kind == default,
-                         "path": path, "index_mib": sum(v.nbytes for k, v in stored.items()
-                                                        if k.startswith("index_")) / 2**20})
-            del stored
-        del bundle
+        with synthetic_bundle(real, n, np.random.default_rng(n), work if verify else None) as (bundle, n_real):
+            segs = len(bundle.arrays["descriptors"])
+            default = choose_kind(segs)
+            for kind in [default] if verify else KINDS:
+                path = work / f"scale-{n}-{kind}{'-verify' if verify else ''}.segmap"
+                if kind != default and segs > BUILD_MAX.get(kind, segs):
+                    rows.append({"images": n, "real": n_real, "segments": segs, "kind": kind, "default": False,
+                                 "path": None})
+                    continue
+                if not path.is_file():
+                    write_map(bundle, kind, path, threads)
+                stored = MapBundle.read(path).arrays
+                rows.append({"images": n, "real": n_real, "segments": segs, "kind": kind, "default": kind == default,
+                             "path": path, "index_mib": sum(v.nbytes for k, v in stored.items()
+                                                            if k.startswith("index_")) / 2**20})
+                del stored
+            del bundle
     return rows
+
+
+def write_map(bundle, kind: str, path: Path, threads: int) -> None:
+    """Store the index of ``kind`` in ``bundle`` and write it to ``path``; prints the times and this
+    process's memory so far: peak RSS (VmHWM, which counts the file-backed pages of memory-mapped
+    arrays the writer read, pages the OS can drop) and peak resident anonymous memory (RssAnon,
+    sampled every 50 ms while the bundle is written: what the process cannot give back)."""
+    from segvlad_edge.runtime.steps.index import store_index
+
+    t = time.perf_counter()
+    store_index(bundle, kind, threads)
+    t_index = time.perf_counter() - t
+    with AnonPeak() as anon:
+        bundle.write(path)
+    print(f"{path.name}: index built in {t_index:.0f} s, written in {time.perf_counter() - t - t_index:.0f} s; "
+          f"peak RSS so far {peak_rss_mib():.0f} MiB (VmHWM), peak anonymous RSS while writing {anon.peak:.0f} MiB",
+          flush=True)
+
+
+class AnonPeak:
+    """``with AnonPeak() as p``: ``p.peak``, the largest RssAnon (MiB) sampled every 50 ms in the block."""
+
+    def __enter__(self):
+        self.peak, self._stop = anon_rss_mib(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, anon_rss_mib())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, anon_rss_mib())
 
 
 def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:

@@ -370,3 +370,98 @@ def test_an_older_format_is_refused_with_a_rebuild_hint(written):
     written.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="older than.*rebuild"):
         MapBundle.read(written)
+
+
+def _mapped_copies(arrays: dict, folder) -> dict:
+    """Each array as a read-only ``np.memmap`` of a ``.npy`` file in ``folder`` (how a big map's arrays arrive)."""
+    for name, arr in arrays.items():
+        np.save(folder / f"{name}.npy", arr)
+    return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in arrays}
+
+
+def test_memory_mapped_checked_or_strided_arrays_are_written_as_the_same_bytes_with_true_checksums(tmp_path, monkeypatch):
+    import hashlib
+
+    ref = blocked(monkeypatch)                                  # codes in 4 blocks of 3 images
+    p = tmp_path / "ram.segmap"
+    ref.write(p)
+    (tmp_path / "npy").mkdir()
+    read = MapBundle.read(p).arrays                             # CheckedRows codes, as an edit passes them on
+    writes = {"mapped": _mapped_copies(ref.arrays, tmp_path / "npy"), "checked": {k: read[k] for k in ref.arrays},
+              "strided": {k: np.asfortranarray(v) for k, v in ref.arrays.items()}}
+    assert isinstance(writes["checked"]["verify_codes"], B.CheckedRows)
+    for kind, arrays in writes.items():
+        q = tmp_path / f"{kind}.segmap"
+        MapBundle(ref.meta, arrays).write(q)
+        assert q.read_bytes() == p.read_bytes(), kind
+    data = p.read_bytes()
+    _, version, hlen, header_sha = B.PREFIX.unpack_from(data)
+    header = data[B.PREFIX.size:B.PREFIX.size + hlen]
+    assert hashlib.sha256(header).digest() == header_sha and version == B.FORMAT_VERSION
+    start = -(-(B.PREFIX.size + hlen) // B.ALIGN) * B.ALIGN
+    entries = json.loads(header)["arrays"]
+    assert set(entries) == set(ref.arrays)
+    for name, e in entries.items():
+        raw = data[start + e["offset"]:start + e["offset"] + e["nbytes"]]
+        assert raw == np.ascontiguousarray(ref.arrays[name]).tobytes(), name
+        assert hashlib.sha256(raw).hexdigest() == e["sha256"], name
+    e = entries["verify_codes"]
+    step = e["block_rows"] * 36                                  # 36 bytes per image's codes
+    raw = data[start + e["offset"]:start + e["offset"] + e["nbytes"]]
+    assert e["block_rows"] == 3 and e["block_sha256"] == [hashlib.sha256(raw[i:i + step]).hexdigest()
+                                                          for i in range(0, len(raw), step)]
+    assert len(e["block_sha256"]) == 4
+
+
+def _traced_peak(fn) -> int:
+    """Peak bytes Python and numpy allocated (tracemalloc) while ``fn()`` ran."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_large_arrays_are_written_and_gathered_in_bounded_memory(tmp_path):
+    """64 MiB of codes, memory-mapped or block-checked, is written (and gathered on disk from parts)
+    holding a few blocks (BLOCK_BYTES, 4 MiB) at a time: the traced peak stays under 16 MiB."""
+    big = np.lib.format.open_memmap(tmp_path / "codes.npy", "w+", np.float16, (512, 512, 128))       # 64 MiB
+    for i in range(0, len(big), 64):
+        big[i:i + 64] = np.arange(i, i + 64, dtype=np.float16)[:, None, None]
+    big.flush()
+    meta = {"format": "test"}
+    assert _traced_peak(lambda: B.write_arrays(tmp_path / "a.bin", meta, {"verify_codes": big})) < 16 << 20
+    _, arrays = B.read_arrays(tmp_path / "a.bin", "test file")
+    assert isinstance(arrays["verify_codes"], B.CheckedRows)
+    assert _traced_peak(lambda: B.write_arrays(tmp_path / "b.bin", meta, arrays)) < 16 << 20
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+
+    def gather():
+        with B.rows_on_disk(folder, B.row_blocks(big), big.shape[1:], np.float16) as rows:
+            assert isinstance(rows, np.memmap) and rows.shape == big.shape
+            assert all(np.array_equal(x, y) for x, y in zip(B.row_blocks(rows), B.row_blocks(big)))
+    assert _traced_peak(gather) < 16 << 20
+    assert not list(folder.iterdir())
+
+
+def test_gathered_rows_leave_no_file_even_on_failure(tmp_path):
+    def parts():
+        yield np.ones((2, 3), np.float16)
+        raise KeyboardInterrupt                           # killed while gathering
+    with pytest.raises(KeyboardInterrupt):
+        with B.rows_on_disk(tmp_path, parts(), (3,), np.float16):
+            pass
+    with pytest.raises(ValueError, match="rows of shape"):
+        with B.rows_on_disk(tmp_path, [np.ones((2, 3)), np.ones((1, 4))], (3,), np.float16):
+            pass
+    with B.rows_on_disk(tmp_path, iter([np.ones((2, 3)), np.zeros((1, 3))]), (3,), np.float16) as rows:
+        assert not list(tmp_path.iterdir())               # no name, from the start
+    np.testing.assert_array_equal(rows, [[1, 1, 1], [1, 1, 1], [0, 0, 0]])     # mapped while it is used
+    with B.rows_on_disk(tmp_path, [], (3,), np.float16) as rows:
+        assert rows.shape == (0, 3)
