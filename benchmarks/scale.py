@@ -170,7 +170,7 @@ def write_map(bundle, kind: str, path: Path, threads: int) -> None:
     t_index = time.perf_counter() - t
     with AnonPeak() as anon:
         bundle.write(path)
-    print(f"{path.name}: index built in {t_index:.0f} s, written in {time.perf_counter() - t - t_index:.0f} s; "
+    print(f"{path.name}: index built in {t_index:.0f} s, written in {time.perf_counter() - t - t_index:.1f} s; "
           f"peak RSS so far {peak_rss_mib():.0f} MiB (VmHWM), peak anonymous RSS while writing {anon.peak:.0f} MiB",
           flush=True)
 
