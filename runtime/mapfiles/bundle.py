@@ -24,7 +24,8 @@ only for the few shortlisted images of a frame) carry, from format 4 on, a sha25
 without a full hash and each block is hashed and checked for finite values when first read
 (``CheckedRows``), so no unchecked byte is used and loading does not read them. Format 3 files
 (one sha256 per array) still load, their codes hashed in full. Writes are atomic
-(``files.atomic_write``).
+(``files.atomic_write``) and streamed block by block (``write_arrays``), so memory-mapped arrays
+of any size (the codes a build gathers on disk, ``rows_on_disk``) are written in bounded memory.
 """
 from __future__ import annotations
 
