@@ -24,10 +24,12 @@ HNSW-SQ up to 1M), then a fresh process per bundle measures:
 - peak RSS of that process (VmHWM) after 10 real query frames, engine session included, and its
   resident anonymous memory then (RssAnon: without the file-backed pages of the memory-mapped
   bundle, which the OS can drop);
-- search + ranking ms per frame: median over the 10 frames, wall clock (the frame's first pass)
-  and process CPU time (the minimum of 3 further runs of the frame's search + ranking, its pages
-  already touched: on a shared machine contention for caches and memory inflates CPU time too,
-  and the minimum is the least disturbed run). The probe runs numpy's BLAS (OpenBLAS) on one
+- search + ranking ms per frame: median over the 10 frames, wall clock (the frame's first pass),
+  warm wall clock and process CPU time (each the minimum of 3 further runs of the frame's search +
+  ranking, its pages already touched, as on a robot after its first frames: on a shared machine
+  contention for caches and memory inflates CPU time too, and the minimum is the least disturbed
+  run; with ``--threads`` 2 the search's threads add their CPU time, and idle OpenMP workers
+  spinning, to the CPU figure). The probe runs numpy's BLAS (OpenBLAS) on one
   thread: with its default pool, the idle workers spin after each small product of the
   re-scoring and add 5-20 ms of CPU per frame at random (measured on the 1k maps: HNSW-SQ
   5.3-5.9 ms with one thread, 12-24 ms without), which is not search work;
@@ -209,7 +211,7 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
     answers = [first] + [loc.localize(load_image(p)) for p in query_paths[1:]]
     rss, anon = peak_rss_mib(), anon_rss_mib()
     ms = [a.ms.get("search", 0) + a.ms.get("rank", 0) for a in answers if a.segments]
-    hits, same, cpu_ms = [], [], []
+    hits, same, warm_ms, cpu_ms = [], [], [], []
     for a in answers:
         if not a.segments:
             continue
@@ -217,10 +219,11 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
         time.sleep(0.05)                                     # let onnxruntime's spinning threads settle
         runs = []
         for _ in range(CPU_REPEATS):                         # the least disturbed of a few (shared machine)
-            c0 = time.process_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             loc.rank_descriptors(d, top=RANK_DEPTH)
-            runs.append(1e3 * (time.process_time() - c0))
-        cpu_ms.append(min(runs))
+            runs.append((1e3 * (time.perf_counter() - t0), 1e3 * (time.process_time() - c0)))
+        warm_ms.append(min(w for w, _ in runs))
+        cpu_ms.append(min(c for _, c in runs))
         ids, sims = loc.index.search(d, loc.top_k, exact=True)
         _, approx = loc.index.search(d, loc.top_k)
         hits.append((approx >= sims[:, -1:] - 1e-4).sum(1) / loc.top_k)     # tie-aware, as SegmentIndex.recall
@@ -236,6 +239,7 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
             "anon_mib": anon,
             "search_rank_ms": float(np.median(ms)), "recall": float(np.mean(np.concatenate(hits))),
             "top1_same": float(np.mean(same)), "load_cpu_s": load_cpu, "search_rank_cpu_ms": float(np.median(cpu_ms)),
+            "search_rank_warm_ms": float(np.median(warm_ms)),
             "ram_kib_per_image": loc.index.resident_bytes() / len(loc.names) / 1024}
 
 
@@ -289,7 +293,7 @@ def main():
     rows = make_maps(a.work, a.sizes, a.threads, a.verify)
     print(f"\n{'images':>7s} {'real':>5s} {'segments':>9s} {'index':>7s} {'file MiB':>8s} {'index MiB':>9s} "
           f"{'start-up s':>10s} {'imports':>7s} {'load':>6s} {'load CPU':>8s} {'peak RSS MiB':>12s} {'anon':>8s} "
-          f"{'search+rank ms':>14s} {'(CPU ms)':>8s} {'recall':>7s} {'synth':>6s} {'top-1 = exact':>13s} "
+          f"{'search+rank ms':>14s} {'warm':>6s} {'(CPU ms)':>8s} {'recall':>7s} {'synth':>6s} {'top-1 = exact':>13s} "
           f"{'RAM KiB/img':>11s} {'codes check s':>13s}")
     for r in rows:
         name = r["kind"] + ("*" if r["default"] else "")
@@ -305,7 +309,7 @@ def main():
         p = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{r['images']:7d} {r['real']:5d} {r['segments']:9d} {name:>7s} {r['path'].stat().st_size / 2**20:8.1f} "
               f"{r['index_mib']:9.1f} {p['startup_s']:10.2f} {p['imports_s']:7.2f} {p['load_s']:6.2f} "
-              f"{p['load_cpu_s']:8.2f} {p['rss_mib']:12.0f} {p['anon_mib']:8.0f} {p['search_rank_ms']:14.2f} {p['search_rank_cpu_ms']:8.2f} "
+              f"{p['load_cpu_s']:8.2f} {p['rss_mib']:12.0f} {p['anon_mib']:8.0f} {p['search_rank_ms']:14.2f} {p['search_rank_warm_ms']:6.2f} {p['search_rank_cpu_ms']:8.2f} "
               f"{p['recall']:7.4f} {p['synth_recall']:6.4f} {p['top1_same']:13.2f} {p['ram_kib_per_image']:11.1f} "
               f"{p.get('codes_check_s', float('nan')):13.2f}", flush=True)
     print(f"load average during the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
