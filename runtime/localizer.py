@@ -19,7 +19,7 @@ from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
 from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RANK_DEPTH, confidence
 from segvlad_edge.runtime.mapfiles.domain import load_domain
-from segvlad_edge.runtime.steps.index import open_index
+from segvlad_edge.runtime.steps.index import open_index, search_threads
 from segvlad_edge.runtime.models import Models
 from segvlad_edge.runtime.pipeline import FramePipeline, FrameSegments, make_pipeline
 from segvlad_edge.runtime.steps.position import MapPositions
@@ -78,12 +78,14 @@ class Localizer:
     (engine, settings), ``hits``, ``image``, ``coder`` and ``map_codes``, which the tiled
     localizer (runtime/tiled.py) provides over a map folder's tiles."""
 
-    def __init__(self, bundle: MapBundle, pipeline: FramePipeline):
+    def __init__(self, bundle: MapBundle, pipeline: FramePipeline, threads: int | None = None):
+        """``threads``: CPU threads (as the engine's; None: not limited), of which the search takes
+        up to SEARCH_THREADS (runtime/steps/index.py)."""
         self.bundle, self.pipeline = bundle, pipeline
         self.path, self.meta = bundle.path, bundle.meta
         s = bundle.settings
         self.top_k, self.norm = s.top_k, s.norm
-        self.index = open_index(bundle)         # stored in the bundle: read, not rebuilt
+        self.index = open_index(bundle, search_threads(threads))     # stored in the bundle: read, not rebuilt
         self.segment_image = bundle.segment_image
         self.names = [img["name"] for img in bundle.images]
         self.calib = bundle.arrays.get("calib_negatives")
@@ -112,7 +114,7 @@ class Localizer:
                                   f"{where.parent}; copy it beside the engine (or pass --domain FILE)")
             models = found[0]
         loc = cls(bundle, make_pipeline(s, engines_dir, manifest=manifest, threads=threads, providers=providers,
-                                        models=models))
+                                        models=models), threads)
         loc.index.prepare()             # a bundle without a stored index builds it now, not in the first frame
         return loc
 

@@ -85,6 +85,7 @@ def remove_images(map_path: str | os.PathLike, names: list[str], out: str | os.P
     """Remove the images named ``names`` (and their segments) from the map; write to ``out``
     (default: the map itself). Every name must be in the map; at least one image must remain."""
     out = Path(out or map_path)
+    folder = _output_folder(out)                    # the codes' temporary file goes there too
     old = MapBundle.read(map_path)
     have = [img["name"] for img in old.images]
     missing = sorted(set(names) - set(have))
@@ -94,7 +95,7 @@ def remove_images(map_path: str | os.PathLike, names: list[str], out: str | os.P
     keep = np.array([n not in set(names) for n in have])
     if not keep.any():
         raise MapBuildError(f"{map_path}: removing every image would leave an empty map")
-    with select_images(old, keep, out.parent) as (images, arrays):
+    with select_images(old, keep, folder) as (images, arrays):
         return _finish(old, images, arrays, out)[1]
 
 
@@ -130,10 +131,15 @@ def codes_on_disk(arrays: dict, rows: Callable[[np.ndarray], Iterable[np.ndarray
         yield {**arrays, "verify_codes": stored}
 
 
-def _work_folder(out: Path) -> Path:
+def _output_folder(out: Path) -> Path:
+    """The folder ``out`` is written into; MapBuildError where it does not exist."""
     if not out.parent.is_dir():
         raise MapBuildError(f"output folder {out.parent} does not exist")
-    work = out.parent / f".{out.name}.work"
+    return out.parent
+
+
+def _work_folder(out: Path) -> Path:
+    work = _output_folder(out) / f".{out.name}.work"
     work.mkdir(exist_ok=True)
     return work
 

@@ -34,7 +34,7 @@ from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME, TileIndexError, bbox
 from segvlad_edge.runtime.pipeline import FramePipeline, make_pipeline
 from segvlad_edge.runtime.settings import Settings
 from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW
-from segvlad_edge.runtime.steps.index import SegmentIndex, open_index
+from segvlad_edge.runtime.steps.index import SegmentIndex, open_index, search_threads
 from segvlad_edge.runtime.steps.position import MapPositions, latlon_of
 from segvlad_edge.runtime.steps.verification import PatchCoder
 
@@ -68,8 +68,9 @@ class TiledLocalizer(Localizer):
     """``doc``: the folder's checked tile index; ``pipeline``: on its engine, settings and shared fit."""
 
     def __init__(self, folder: Path, doc: dict, pipeline: FramePipeline, near=None, follow: bool = False,
-                 capacity: int = CACHE_TILES):
+                 capacity: int = CACHE_TILES, threads: int | None = None):
         self.bundle, self.pipeline, self.path, self.doc = None, pipeline, Path(folder), doc
+        self.threads = threads                          # CPU threads, as Localizer's: each tile's search takes its share
         self.meta = {"engine": doc["engine"], "settings": doc["settings"]}
         s = Settings.parse(doc["settings"])
         self.top_k, self.norm = s.top_k, s.norm
@@ -101,7 +102,7 @@ class TiledLocalizer(Localizer):
             raise TileIndexError(f"{path}: the shared fit is missing or differs from the tile index's checksum")
         models, _ = load_domain(manifest, s, fit["models_sha256"], path)
         return cls(folder, doc, make_pipeline(s, engines_dir, manifest=manifest, threads=threads, providers=providers,
-                                              models=models), near, follow)
+                                              models=models), near, follow, threads=threads)
 
     # ------------------------------------------------------------------ tiles
     def selected(self) -> list[int]:
@@ -158,7 +159,7 @@ class TiledLocalizer(Localizer):
         if len(b.segment_image) < EXACT_BELOW:          # searched exactly: its stored graph is not read into RAM
             index = SegmentIndex(b.arrays["descriptors"])
         else:
-            index = open_index(b)
+            index = open_index(b, search_threads(self.threads))
             index.prepare()
         return Tile(b, index, b.segment_image + self.first[t])
 

@@ -79,3 +79,19 @@ def positioned_bundle(corridor_bundle, tmp_path_factory):
             b.write(made[kind])
         return made[kind]
     return make
+
+
+@pytest.fixture(scope="session")
+def array_span():
+    """``array_span(path, name) -> (start, nbytes)``: where array ``name``'s data lies in the map
+    bundle (container file) at ``path``, for tests that damage one array on purpose."""
+    import json
+
+    from segvlad_edge.runtime.mapfiles.bundle import PREFIX, data_start
+
+    def span(path, name):
+        data = Path(path).read_bytes()
+        header_len = PREFIX.unpack_from(data)[2]
+        entry = json.loads(data[PREFIX.size:PREFIX.size + header_len])["arrays"][name]
+        return data_start(header_len) + entry["offset"], entry["nbytes"]
+    return span

@@ -239,15 +239,6 @@ def with_verification(b: MapBundle, d=3, c=5):
     return b
 
 
-def _array_span(path, name):
-    """``(start, nbytes)`` of array ``name`` in the file at ``path``."""
-    import json
-    data = path.read_bytes()
-    _, _, hlen, _ = B.PREFIX.unpack_from(data)
-    e = json.loads(data[B.PREFIX.size:B.PREFIX.size + hlen])["arrays"][name]
-    return -(-(B.PREFIX.size + hlen) // B.ALIGN) * B.ALIGN + e["offset"], e["nbytes"]
-
-
 def flip(path, at):
     raw = bytearray(path.read_bytes())
     raw[at] ^= 0xFF
@@ -260,7 +251,7 @@ def blocked(monkeypatch, n_images=10):
     return with_verification(make_bundle(n_images=n_images))
 
 
-def test_verification_codes_are_memory_mapped_and_checked_block_by_block_on_first_read(tmp_path, monkeypatch):
+def test_verification_codes_are_memory_mapped_and_checked_block_by_block_on_first_read(tmp_path, monkeypatch, array_span):
     from segvlad_edge.runtime.verify import verify_bundle
 
     p = tmp_path / "v.segmap"
@@ -269,7 +260,7 @@ def test_verification_codes_are_memory_mapped_and_checked_block_by_block_on_firs
     codes = MapBundle.read(p).arrays["verify_codes"]
     assert isinstance(codes, B.CheckedRows) and codes.rows == 3 and codes.shape == ref.arrays["verify_codes"].shape
     np.testing.assert_array_equal(np.asarray(codes), ref.arrays["verify_codes"])
-    start, nbytes = _array_span(p, "verify_codes")
+    start, nbytes = array_span(p, "verify_codes")
     flip(p, start + 36 * 4 + 5)                                  # image 4: the second block (images 3-5)
     b = MapBundle.read(p)                                        # loading does not read the codes
     codes = b.arrays["verify_codes"]
@@ -317,7 +308,7 @@ def test_block_checksums_are_checked_against_the_header(tmp_path, monkeypatch):
             MapBundle.read(q)
 
 
-def test_format_3_bundles_still_load_their_codes_hashed_in_full(tmp_path, monkeypatch):
+def test_format_3_bundles_still_load_their_codes_hashed_in_full(tmp_path, monkeypatch, array_span):
     """A bundle written before block checksums (container and meta format 3, one sha256 per array)."""
     p = tmp_path / "v3.segmap"
     ref = with_verification(make_bundle())
@@ -334,7 +325,7 @@ def test_format_3_bundles_still_load_their_codes_hashed_in_full(tmp_path, monkey
     b.write(q)                                      # an edit (--add, remove-images, tiles) writes the new format
     assert struct.unpack_from("<I", q.read_bytes(), 16)[0] == B.FORMAT_VERSION == MapBundle.read(q).meta["format_version"]
     assert isinstance(MapBundle.read(q).arrays["verify_codes"], B.CheckedRows)
-    start, _ = _array_span(p, "verify_codes")
+    start, _ = array_span(p, "verify_codes")
     flip(p, start + 1)
     with pytest.raises(BundleError, match="verify_codes.*checksum"):              # at load, as before
         MapBundle.read(p)
@@ -398,7 +389,7 @@ def test_memory_mapped_checked_or_strided_arrays_are_written_as_the_same_bytes_w
     _, version, hlen, header_sha = B.PREFIX.unpack_from(data)
     header = data[B.PREFIX.size:B.PREFIX.size + hlen]
     assert hashlib.sha256(header).digest() == header_sha and version == B.FORMAT_VERSION
-    start = -(-(B.PREFIX.size + hlen) // B.ALIGN) * B.ALIGN
+    start = B.data_start(hlen)
     entries = json.loads(header)["arrays"]
     assert set(entries) == set(ref.arrays)
     for name, e in entries.items():
@@ -411,6 +402,23 @@ def test_memory_mapped_checked_or_strided_arrays_are_written_as_the_same_bytes_w
     assert e["block_rows"] == 3 and e["block_sha256"] == [hashlib.sha256(raw[i:i + step]).hexdigest()
                                                           for i in range(0, len(raw), step)]
     assert len(e["block_sha256"]) == 4
+
+
+def test_a_block_that_fails_its_checksum_on_the_way_to_a_new_file_leaves_no_file(tmp_path, monkeypatch, array_span):
+    """An edit streams the old map's codes block by block into the new file: a corrupted block
+    stops it, and neither a half-written nor a loadable new file is left."""
+    p = tmp_path / "in.segmap"
+    blocked(monkeypatch).write(p)
+    flip(p, array_span(p, "verify_codes")[0] + 36 * 7 + 1)      # image 7: the third block (images 6-8)
+    with pytest.raises(BundleError, match="'verify_codes' checksum mismatch in rows 6-8"):
+        MapBundle.read(p).write(tmp_path / "out.segmap")
+    assert [x.name for x in tmp_path.iterdir()] == ["in.segmap"]
+
+
+def test_arrays_in_another_byte_order_are_refused_not_written_wrong(tmp_path):
+    with pytest.raises(BundleError, match="'a' is not in this machine's byte order"):
+        B.write_arrays(tmp_path / "x.bin", {"format": "test"}, {"a": np.arange(6, dtype=np.dtype("f4").newbyteorder())})
+    assert not list(tmp_path.iterdir())
 
 
 def _traced_peak(fn) -> int:

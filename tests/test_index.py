@@ -339,3 +339,20 @@ def test_tampered_memory_mapped_bundle_is_refused_in_one_line(big_written, tmp_p
     r = subprocess.run([sys.executable, "-m", "segvlad_edge.apps.cli", "inspect", str(p)], capture_output=True,
                        text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "checksum mismatch" in r.stderr
+
+
+def test_a_search_gives_back_the_process_wide_faiss_thread_count():
+    """faiss's thread count is process-wide: a search sets its own and restores the one before,
+    so a later build keeps the library's (or the caller's) count."""
+    faiss = I._faiss()
+    x = clustered(n=2000)
+    idx = SegmentIndex(x, "hnswsq", threads=-1)
+    idx.prepare()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)
+    try:
+        idx.search(queries(x, 5), 10)
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert I.search_threads(None) == -1 and I.search_threads(1) == 1 and I.search_threads(64) == I.SEARCH_THREADS

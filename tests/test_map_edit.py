@@ -108,6 +108,8 @@ def test_edit_errors_are_one_line(setup, engines_dir):
         remove_images(tmp / "first.segmap", ["nope.jpg"])
     with pytest.raises(MapBuildError, match="empty map"):
         remove_images(tmp / "first.segmap", [n for n, _ in setup["first"]])
+    with pytest.raises(MapBuildError, match="output folder .*nowhere does not exist"):
+        remove_images(tmp / "first.segmap", [setup["first"][0][0]], tmp / "nowhere" / "x.segmap")
     with pytest.raises(MapBuildError, match="already holds 1"):
         add_images(tmp / "first.segmap", setup["first"][:1], engines_dir=engines_dir, domain=setup["domain"],
                    progress=False)

@@ -1,6 +1,7 @@
 """Map folders (build-map --tile-m): tiles on one shared fit answer exactly as the single bundle
 they were split from; --near loads only the tiles around a point; a tampered tile index, tile or
 fit is refused with one line; images without a position are refused before any work."""
+import hashlib
 import json
 import math
 import shutil
@@ -124,7 +125,7 @@ def test_lru_keeps_a_few_tiles(maps, engines_dir):
     assert list(tiled.loaded) == [2, 4]
 
 
-def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
+def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path, array_span):
     from segvlad_edge.runtime.mapfiles.bundle import BundleError
     from segvlad_edge.runtime.mapfiles.tiles import TileIndexError, read_index
     from segvlad_edge.runtime.tiled import TiledLocalizer
@@ -149,7 +150,7 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
         tiled.rank_descriptors(np.asarray(maps["loc"].bundle.arrays["descriptors"][:3]))
     shutil.copy(maps["folder"] / doc["tiles"][2]["file"], tile)
     data = bytearray(tile.read_bytes())                  # one bit of its descriptors flipped: the header still
-    data[array_offset(data, "descriptors") + 5] ^= 1     # matches the index, the bundle's own checksum does not
+    data[array_span(tile, "descriptors")[0] + 5] ^= 1    # matches the index, the bundle's own checksum does not
     tile.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="array 'descriptors' checksum mismatch"):
         TiledLocalizer.open(folder, engines_dir).rank_descriptors(np.asarray(maps["loc"].bundle.arrays["descriptors"][:3]))
@@ -197,13 +198,29 @@ def test_tampered_folder_is_refused_with_one_line(maps, engines_dir, tmp_path):
     assert r.returncode == 0 and "111 in 6 tiles of 1003 m" in r.stdout and r.stdout.count("tile_e") == 6
 
 
-def array_offset(data: bytes, name: str) -> int:
-    """Byte offset of array ``name``'s data in a bundle file's bytes (the container layout)."""
-    from segvlad_edge.runtime.mapfiles.bundle import ALIGN, PREFIX
+def test_corrupted_codes_in_a_tile_leave_its_images_out_not_the_run(maps, engines_dir, datasets, tmp_path,
+                                                                    array_span, caplog):
+    """A tile's header still matches the index, so it loads; its verification codes are checked
+    block by block when first read, and a block that fails leaves its images out with one warning."""
+    import logging
 
-    header_len = PREFIX.unpack_from(data)[2]
-    header = json.loads(bytes(data[PREFIX.size:PREFIX.size + header_len]))
-    return -(-(PREFIX.size + header_len) // ALIGN) * ALIGN + header["arrays"][name]["offset"]
+    from segvlad_edge.runtime.inputs.images import list_images, load_image
+    from segvlad_edge.runtime.tiled import TiledLocalizer
+
+    folder = tmp_path / "f"
+    shutil.copytree(maps["folder"], folder)
+    tile = folder / maps["doc"]["tiles"][0]["file"]                # map images 0-20, one block of codes
+    data = bytearray(tile.read_bytes())
+    data[array_span(tile, "verify_codes")[0] + 100] ^= 1
+    tile.write_bytes(bytes(data))
+    tiled = TiledLocalizer.open(folder, engines_dir)
+    ref = list_images(datasets / "corridor" / "ref")
+    with caplog.at_level(logging.WARNING):
+        answers = [tiled.localize(load_image(ref[i])) for i in (3, 10, 30)]
+    assert tiled.corrupt == set(range(21))
+    assert [r.levelno for r in caplog.records if "checksum mismatch" in r.getMessage()] == [logging.WARNING]
+    assert all(e["index"] >= 21 for a in answers for e in a.top)
+    assert answers[2].top[0]["name"] == ref[30].name                # a place in another tile is still found
 
 
 def test_a_version_1_folder_checks_its_tiles_by_file_sha256(maps, engines_dir, tmp_path):
@@ -297,8 +314,9 @@ def test_build_map_tile_m_and_localize_near_end_to_end(datasets, engines_dir, tm
             "--threads", "2")
     assert r.returncode == 0, r.stderr
     recs = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(recs) == 2 and all(rec["map"]["file"] == "site" and rec["schema"] == "segvlad-edge/localize/2"
-                                  for rec in recs)
+    folder_id = hashlib.sha256((out / "tiles.json").read_bytes()).hexdigest()[:12]
+    assert len(recs) == 2 and all(rec["map"] == {"file": "site", "id": folder_id}
+                                  and rec["schema"] == "segvlad-edge/localize/2" for rec in recs)
     assert {e["name"] for rec in recs for e in rec["top"]} <= {p.name for p in ref[:3]}   # tile 0 only
     r = cli("localize", "--map", out, "--near", "91,9", "--images", queries, "--engines", engines_dir)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--near" in r.stderr

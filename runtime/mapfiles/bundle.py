@@ -316,19 +316,30 @@ def write_arrays(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarr
     the data starts, and written, sealed, once every array is through."""
     arrays = {name: arr if isinstance(arr, (np.ndarray, CheckedRows)) else np.asarray(arr)
               for name, arr in arrays.items()}
+    odd = [name for name, arr in arrays.items() if not arr.dtype.isnative]
+    if odd:
+        raise BundleError(f"array {odd[0]!r} is not in this machine's byte order; convert it before writing")
     entries, end = _layout(arrays)
     header = _header(meta, entries, end)                # placeholders: the same length as the sealed one
-    start = -(-(PREFIX.size + len(header)) // ALIGN) * ALIGN
+    start = data_start(len(header))
     with atomic_write(path, inputs) as f:
         for name, arr in arrays.items():
             f.seek(start + entries[name]["offset"])
             entries[name].update(_write_array(f, arr, name in LAZY_ARRAYS and arr.ndim > 0))
         sealed = _header(meta, entries, end)
+        if len(sealed) != len(header):                  # the data would not start where it was written
+            raise BundleError(f"{path}: internal error: the sealed header's length moved; nothing written")
         f.seek(0)
         f.write(PREFIX.pack(MAGIC, FORMAT_VERSION, len(sealed), hashlib.sha256(sealed).digest()))
         f.write(sealed)
         f.truncate(start + end)
     return Path(path).stat().st_size
+
+
+def data_start(header_len: int) -> int:
+    """Byte offset of the arrays' data in a container file whose header is ``header_len`` bytes:
+    after the prefix and the header, at the next multiple of ALIGN."""
+    return -(-(PREFIX.size + header_len) // ALIGN) * ALIGN
 
 
 def _layout(arrays: dict) -> tuple[dict, int]:
@@ -441,7 +452,7 @@ def _read(f, size: int, path: Path, what: str) -> tuple[dict, dict]:
             raise TypeError("meta/arrays are not objects")
     except (ValueError, KeyError, TypeError) as e:
         raise BundleError(f"{path}: malformed header ({e})") from None
-    start = -(-(PREFIX.size + header_len) // ALIGN) * ALIGN
+    start = data_start(header_len)
     data_bytes = doc.get("data_bytes")
     if not isinstance(data_bytes, int) or data_bytes != size - start:
         raise BundleError(f"{path}: {size - start} data bytes after the header, header says {data_bytes!r}: "

@@ -22,7 +22,7 @@ the bundle as checksummed arrays, so loading a map reads them instead of rebuild
   the bundle's record, each checked by type and range.
 
 Measured by ``benchmarks/scale.py`` (README, "Large maps", PCA 128): at 22k and 0.22M segments
-IVF-PQ's top-50 recall is 1.000 (HNSW-SQ: 1.000, 0.996; on synthetic queries 1.000 and 0.991
+IVF-PQ's top-50 recall is 1.000 (HNSW-SQ: 1.000, 0.996; on synthetic queries 1.000 and 1.000
 against 0.992 and 0.949) in half HNSW-SQ's RAM and no more CPU, so IVF-PQ takes over from
 ``IVFPQ_FROM`` = 20k segments (under that, down to 1,000, HNSW-SQ stays: not measured against
 it). At 2.2M segments (synthetic) HNSW-SQ recalled 0.54 (PCA 256, 24 min to build).
@@ -34,7 +34,7 @@ real frames' top 50 (synthetic queries 0.951) for about 11 ms of CPU per frame o
 refine 16 adds 0.0003 for 3 ms, nprobe 256 reaches 0.999 (0.990) for 18 ms.
 
 A frame's query rows are searched once each: SuperSegments grown into the same region share a
-descriptor (a quarter of the rows of the scale benchmark's real frames), and every copy gets the
+descriptor (33% of the rows of the scale benchmark's real map, ``segvlad-edge inspect``), and every copy gets the
 answer its row gets.
 
 An exact (chunked numpy) path measures each kind's recall. Search runs in float32 (numpy has
@@ -60,14 +60,20 @@ IVFPQ = {"pq_m": 128, "nprobe": 128, "rerank": 2, "train_max": 300_000, "seed": 
          "quantizer": "hnsw", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": True,
          "refine": "sq8", "refine_factor": 4}
 SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
-SEARCH_THREADS = 2              # faiss threads of a search when none are given: at 100k images 7.6 ms wall per frame
-                                # against 12.6 on one, for 8% more CPU (this 2-core machine, idle)
+SEARCH_THREADS = 2              # faiss threads of a search at most: at 100k images 9.6 ms warm per frame against
+                                # 15.4 on one, for 4% more CPU (benchmarks/scale.log, this 2-core machine, idle)
 MAX_CANDIDATE_FACTOR = 1024    # IVF-PQ: rerank x refine_factor candidates per result at most (bounds a search's memory)
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
 
 
 class StoredIndexError(BundleError):
     """A stored index is malformed, does not match the descriptors, or needs a missing library."""
+
+
+def search_threads(threads: int | None) -> int:
+    """A localizer's CPU threads (``--threads``; None: not limited) -> its index's: at most
+    SEARCH_THREADS; -1 when not limited (SEARCH_THREADS for faiss, all cores for hnswlib)."""
+    return -1 if threads is None else max(1, min(int(threads), SEARCH_THREADS))
 
 
 def choose_kind(n_segments: int) -> str:
@@ -193,7 +199,17 @@ class SegmentIndex:
     def _rescored_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """A faiss kind: ``rerank x k`` candidates by the compressed codes, re-scored exactly."""
         idx = self.prepare()
-        _faiss().omp_set_num_threads(self.threads if self.threads > 0 else SEARCH_THREADS)
+        faiss = _faiss()
+        before = faiss.omp_get_max_threads()            # process-wide: given back, so later builds keep theirs
+        faiss.omp_set_num_threads(self.threads if self.threads > 0 else SEARCH_THREADS)
+        try:
+            cand = self._candidates(idx, q, k)
+        finally:
+            faiss.omp_set_num_threads(before)
+        return self._exact(q, k, rows=cand)
+
+    def _candidates(self, idx, q: np.ndarray, k: int) -> np.ndarray:
+        """``[M, rerank x k] int64`` candidate rows of a faiss index for ``q`` (-1: none)."""
         p = self.params
         n_cand = min(len(self), int(p["rerank"]) * k)
         if self.kind == "ivfpq":
@@ -206,8 +222,7 @@ class SegmentIndex:
         else:
             idx.hnsw.efSearch = max(int(p["ef"]), n_cand)
         _, cand = idx.search(q, n_cand)
-        cand = np.where((cand >= 0) & (cand < len(self)), cand, -1).astype(np.int64)
-        return self._exact(q, k, rows=cand)
+        return np.where((cand >= 0) & (cand < len(self)), cand, -1).astype(np.int64)
 
     def recall(self, queries: np.ndarray, k: int, tol: float = 1e-4) -> float:
         """Top-k recall of the stored index against exact search (mean over queries), tie-aware: a
