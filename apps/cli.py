@@ -614,7 +614,7 @@ def inspect_cmd(map_path):
     m = b.meta
     size = os.path.getsize(map_path)
     n = len(b.images)
-    click.echo(f"{map_path}: segvlad-edge map, format {m['format_version']}, id {map_ref(map_path)['id']}, "
+    click.echo(f"{map_path}: segvlad-edge map, format {m['format_version']}, id {map_ref(map_path, b)['id']}, "
                f"created {m['created']} by {m['created_by']}")
     click.echo(f"  images {n}, segments {len(b.arrays['descriptors'])} "
                f"({len(b.arrays['descriptors']) / n:.1f}/image), {size / 1024:.1f} KiB ({size / n / 1024:.2f} KiB/image)")

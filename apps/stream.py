@@ -26,7 +26,7 @@ import numpy as np
 
 from segvlad_edge.apps.explain import save_explanation
 from segvlad_edge.files import sha256_file
-from segvlad_edge.runtime.mapfiles.bundle import header_sha256
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME
 from segvlad_edge.runtime.steps.position import CANDIDATES
 from segvlad_edge.runtime.steps.temporal import SequenceFilter
@@ -35,13 +35,17 @@ SCHEMA = "segvlad-edge/localize/2"      # /2: "map" names the bundle by its head
 CONF = {"top": 5, "max_fps": 0.0, "filter": False, "save_vis": None}
 
 
-def map_ref(path: str | Path) -> dict:
-    """``{"file": name, "id": 12 hex digits}``: which map answered. A bundle's id is its sealed
-    header's sha256 (``segvlad-edge inspect`` prints it; the header holds every array's sha256, so
-    it names the content without hashing gigabytes of verification codes at start); a map
-    folder's, its tile index's sha256."""
+def map_ref(path: str | Path, bundle: MapBundle | None = None) -> dict:
+    """``{"file": name, "id": 12 hex digits}``: which map answered. A bundle's id is the sha256 of
+    the sealed header ``bundle`` was read with (``segvlad-edge inspect`` prints it; the header holds
+    every array's sha256, so it names the content without hashing gigabytes of verification codes
+    at start); a map folder's, its tile index's sha256."""
     path = Path(path)
-    return {"file": path.name, "id": sha256_file(path / INDEX_NAME)[:12] if path.is_dir() else header_sha256(path)[:12]}
+    if bundle is None:
+        ident = sha256_file(path / INDEX_NAME)[:12]
+    else:                   # a bundle made in memory, never read from a file, has no sealed header
+        ident = bundle.header_sha256[:12] if bundle.header_sha256 else None
+    return {"file": path.name, "id": ident}
 
 
 def filtered_position(localizer, belief: np.ndarray) -> dict | None:
@@ -75,7 +79,7 @@ def run_stream(localizer, source, sink, conf: dict | None = None, stop: threadin
     filt = SequenceFilter(len(localizer.names)) if conf["filter"] else None
     min_period = 1.0 / conf["max_fps"] if conf["max_fps"] else 0.0
     vis_dir = Path(conf["save_vis"]) if conf["save_vis"] else None
-    map_id = map_ref(localizer.path)
+    map_id = map_ref(localizer.path, localizer.bundle)
     stats, t_start, last = {"frames": 0, "errors": 0}, time.perf_counter(), 0.0
     for frame in source:
         if stop.is_set():

@@ -28,7 +28,7 @@ import numpy as np
 
 from segvlad_edge.files import sha256_file
 from segvlad_edge.runtime.localizer import Answer, Localizer, bundle_sizes, engine_for
-from segvlad_edge.runtime.mapfiles.bundle import MapBundle, header_sha256
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle
 from segvlad_edge.runtime.mapfiles.domain import load_domain
 from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME, TileIndexError, bbox_distance_m, read_index
 from segvlad_edge.runtime.pipeline import FramePipeline, make_pipeline
@@ -135,10 +135,12 @@ class TiledLocalizer(Localizer):
         bounding box); TileIndexError where it disagrees."""
         rec, doc = self.doc["tiles"][t], self.doc
         path = self.path / rec["file"]
-        if not path.is_file() or (header_sha256(path) != rec["header_sha256"] if "header_sha256" in rec
-                                  else sha256_file(path) != rec["sha256"]):
-            raise TileIndexError(f"{path}: missing, or its sha256 differs from the tile index's: changed or corrupted")
+        changed = TileIndexError(f"{path}: missing, or its sha256 differs from the tile index's: changed or corrupted")
+        if not path.is_file() or ("header_sha256" not in rec and sha256_file(path) != rec["sha256"]):
+            raise changed
         b = MapBundle.read(path)
+        if "header_sha256" in rec and b.header_sha256 != rec["header_sha256"]:
+            raise changed
         a = b.arrays
         if (len(b.images) != rec["images"] or b.meta["engine"] != doc["engine"] or b.meta["settings"] != doc["settings"]
                 or b.meta["fit"].get("sha256") != doc["fit"]["models_sha256"] or ("verify_codes" in a) != doc["verify"]):

@@ -120,11 +120,13 @@ class MapBundle:
     ``verify_mean [C] float32``, ``verify_components [d, C] float32`` and ``verify_codes
     [I, h*w, d] float16`` (memory-mapped on read); ``meta["index"]`` and the ``index_*`` arrays
     hold the stored search structure (runtime/steps/index.py; maps written by ``build-map`` always carry
-    one, a bundle without one gets an HNSW graph built at load)."""
+    one, a bundle without one gets an HNSW graph built at load). ``header_sha256``: hex sha256 of
+    the sealed header the bundle was read with (it holds every array's sha256: the content's id)."""
 
     meta: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
+    header_sha256: str | None = None
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -157,10 +159,10 @@ class MapBundle:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "MapBundle":
-        meta, arrays = read_arrays(path, "map bundle")
+        meta, arrays, sealed = _read_file(path, "map bundle")
         if meta.get("format") != "segvlad-edge map":
             raise BundleError(f"{path}: a {printable(repr(meta.get('format')))} file, not a map bundle")
-        bundle = cls(meta, arrays, Path(path))
+        bundle = cls(meta, arrays, Path(path), sealed)
         bundle.validate()
         return bundle
 
@@ -408,6 +410,11 @@ def block_rows(shape, itemsize: int) -> int:
 def read_arrays(path: str | os.PathLike, what: str = "map bundle") -> tuple[dict, dict[str, np.ndarray]]:
     """``(meta, arrays)`` of a container file; every size is checked before allocation and every
     checksum after reading. ``what`` names the file kind in error messages."""
+    return _read_file(path, what)[:2]
+
+
+def _read_file(path: str | os.PathLike, what: str) -> tuple[dict, dict[str, np.ndarray], str]:
+    """``read_arrays`` and the hex sha256 of the header it checked (one open of the file)."""
     path = Path(path)
     try:
         with open_regular(path) as f:
@@ -429,7 +436,7 @@ def header_sha256(path: str | os.PathLike) -> str:
     return PREFIX.unpack(prefix)[3].hex()
 
 
-def _read(f, size: int, path: Path, what: str) -> tuple[dict, dict]:
+def _read(f, size: int, path: Path, what: str) -> tuple[dict, dict, str]:
     prefix = f.read(PREFIX.size)
     if len(prefix) < PREFIX.size:
         raise BundleError(f"{path}: too short to be a {what} ({size} bytes)")
@@ -457,7 +464,8 @@ def _read(f, size: int, path: Path, what: str) -> tuple[dict, dict]:
     if not isinstance(data_bytes, int) or data_bytes != size - start:
         raise BundleError(f"{path}: {size - start} data bytes after the header, header says {data_bytes!r}: "
                           "truncated or extended")
-    return meta, {name: _read_array(f, path, name, e, start, size, version) for name, e in entries.items()}
+    return meta, {name: _read_array(f, path, name, e, start, size, version) for name, e in entries.items()}, \
+        header_sha.hex()
 
 
 def _no_constant(name: str):
