@@ -473,3 +473,20 @@ def test_gathered_rows_leave_no_file_even_on_failure(tmp_path):
     np.testing.assert_array_equal(rows, [[1, 1, 1], [1, 1, 1], [0, 0, 0]])     # mapped while it is used
     with B.rows_on_disk(tmp_path, [], (3,), np.float16) as rows:
         assert rows.shape == (0, 3)
+
+
+def test_a_read_bundle_keeps_the_sealed_header_sha256_as_its_id(tmp_path):
+    import hashlib
+
+    from segvlad_edge.apps.stream import map_ref
+
+    b = make_bundle()
+    assert map_ref(tmp_path / "m.segmap", b)["id"] is None        # made in memory: no sealed header to name it by
+    p = tmp_path / "m.segmap"
+    b.write(p)
+    data = p.read_bytes()
+    header_len = B.PREFIX.unpack_from(data)[2]
+    sealed = hashlib.sha256(data[B.PREFIX.size:B.PREFIX.size + header_len]).hexdigest()
+    read = MapBundle.read(p)
+    assert read.header_sha256 == b.header_sha256 == B.header_sha256(p) == sealed
+    assert map_ref(p, read) == {"file": "m.segmap", "id": sealed[:12]}

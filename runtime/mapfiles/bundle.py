@@ -121,7 +121,8 @@ class MapBundle:
     [I, h*w, d] float16`` (memory-mapped on read); ``meta["index"]`` and the ``index_*`` arrays
     hold the stored search structure (runtime/steps/index.py; maps written by ``build-map`` always carry
     one, a bundle without one gets an HNSW graph built at load). ``header_sha256``: hex sha256 of
-    the sealed header the bundle was read with (it holds every array's sha256: the content's id)."""
+    the sealed header the bundle was read or last written with (it holds every array's sha256: the
+    content's id); None for one only made in memory."""
 
     meta: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -154,7 +155,7 @@ class MapBundle:
         self.validate()
         self.meta["format_version"] = FORMAT_VERSION        # an edited older map is written in this format
         size = write_arrays(path, self.meta, self.arrays, inputs)
-        self.path = Path(path)
+        self.path, self.header_sha256 = Path(path), header_sha256(path)
         return size
 
     @classmethod
