@@ -383,7 +383,8 @@ def remove_images_cmd(map_path, names, out):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
               help="Where the DINOv2 engine runs (auto: a TensorRT plan if built and usable, else the best "
                    "onnxruntime provider); a named device that is not available is an error.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime CPU threads (default: onnxruntime's, one per core).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="CPU threads: onnxruntime's (default: one per core) and, up to 2, the map search's (default 2).")
 @user_errors
 def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fps, every_n, temporal, min_confidence,
              save_vis, give_up_after, engines_dir, domain, device, threads):

@@ -3,7 +3,7 @@
 ``run_stream(localizer, source, sink, conf)`` runs until the source ends or ``stop`` is set (the CLI
 sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)::
 
-    {"schema": "segvlad-edge/localize/2", "map": {"file": str, "id": str (12 hex)},
+    {"schema": "segvlad-edge/localize/2", "map": {"file": str | null, "id": str (12 hex) | null},
      "query": str, "frame": int, "timestamp": float (unix s, capture time: runtime/inputs/sources.py),
      "top": [{"name": str, "score": float, "meta"?: {...}}], "match": str | null,
      "confidence": float, "similarity": float, "segments": int,
@@ -26,7 +26,7 @@ import numpy as np
 
 from segvlad_edge.apps.explain import save_explanation
 from segvlad_edge.files import sha256_file
-from segvlad_edge.runtime.mapfiles.bundle import MapBundle
+from segvlad_edge.runtime.mapfiles.bundle import MapBundle, header_sha256
 from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME
 from segvlad_edge.runtime.steps.position import CANDIDATES
 from segvlad_edge.runtime.steps.temporal import SequenceFilter
@@ -35,17 +35,19 @@ SCHEMA = "segvlad-edge/localize/2"      # /2: "map" names the bundle by its head
 CONF = {"top": 5, "max_fps": 0.0, "filter": False, "save_vis": None}
 
 
-def map_ref(path: str | Path, bundle: MapBundle | None = None) -> dict:
+def map_ref(path: str | Path | None, bundle: MapBundle | None = None) -> dict:
     """``{"file": name, "id": 12 hex digits}``: which map answered. A bundle's id is the sha256 of
     the sealed header ``bundle`` was read with (``segvlad-edge inspect`` prints it; the header holds
     every array's sha256, so it names the content without hashing gigabytes of verification codes
     at start); a map folder's, its tile index's sha256."""
-    path = Path(path)
-    if bundle is None:
-        ident = sha256_file(path / INDEX_NAME)[:12]
-    else:                   # a bundle made in memory, never read from a file, has no sealed header
+    path = Path(path) if path is not None else None
+    if bundle is not None:  # a bundle made in memory, never read from or written to a file, has no sealed header
         ident = bundle.header_sha256[:12] if bundle.header_sha256 else None
-    return {"file": path.name, "id": ident}
+    elif path is not None and path.is_dir():
+        ident = sha256_file(path / INDEX_NAME)[:12]
+    else:
+        ident = header_sha256(path)[:12] if path is not None else None
+    return {"file": path.name if path is not None else None, "id": ident}
 
 
 def filtered_position(localizer, belief: np.ndarray) -> dict | None:

@@ -489,4 +489,13 @@ def test_a_read_bundle_keeps_the_sealed_header_sha256_as_its_id(tmp_path):
     sealed = hashlib.sha256(data[B.PREFIX.size:B.PREFIX.size + header_len]).hexdigest()
     read = MapBundle.read(p)
     assert read.header_sha256 == b.header_sha256 == B.header_sha256(p) == sealed
-    assert map_ref(p, read) == {"file": "m.segmap", "id": sealed[:12]}
+    assert map_ref(p, read) == map_ref(p) == {"file": "m.segmap", "id": sealed[:12]}
+    assert map_ref(None, make_bundle()) == {"file": None, "id": None}
+
+
+def test_the_localizers_threads_cap_its_search():
+    from segvlad_edge.runtime.localizer import Localizer
+    from segvlad_edge.runtime.steps.index import SEARCH_THREADS
+
+    b = make_bundle()
+    assert [Localizer(b, None, t).index.threads for t in (None, 1, 64)] == [-1, 1, SEARCH_THREADS]
