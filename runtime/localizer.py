@@ -193,17 +193,12 @@ class Localizer:
             try:
                 self.map_codes[[i]]
             except BundleError as e:
-                block = self._code_block(i)
+                block = self.map_codes.block(i)         # only block-checked codes (CheckedRows) fail on read
                 self.corrupt.update(block)
                 found = True
                 log.warning("%s; map images %s-%s are left out of the answers", e, self.names[block[0]],
                             self.names[block[-1]])
         return found
-
-    def _code_block(self, i: int) -> range:
-        """Map images that share image ``i``'s checksummed block of verification codes (only block-
-        checked codes, ``CheckedRows``, fail on read)."""
-        return self.map_codes.block(i)
 
     def answer(self, ranked: Ranked, ms: dict, segments: int, top: int, frame=None) -> Answer:
         entries = []

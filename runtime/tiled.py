@@ -190,11 +190,6 @@ class TiledLocalizer(Localizer):
         return (np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1),
                 np.concatenate(seg_image) if seg_image else np.zeros(0, np.int64))
 
-    def _code_block(self, i: int) -> range:
-        t, j = self.tile_of(i)
-        block = self.tile(t, keep=self.keep).bundle.arrays["verify_codes"].block(j)
-        return range(int(self.first[t]) + block.start, int(self.first[t]) + block.stop)
-
     def image(self, i: int) -> dict:
         t, j = self.tile_of(i)
         return self.tile(t, keep=self.keep).bundle.images[j]
@@ -252,14 +247,25 @@ class _Names:
 
 
 class _Codes:
-    """``codes[[i, ...]] -> [N, P, d] float16``: the verification codes of folder images, from their tiles."""
+    """``codes[[i, ...]] -> [N, P, d] float16``: the verification codes of folder images, from their
+    tiles; ``block(i)``: the folder images checked together with image ``i`` (as ``CheckedRows.block``)."""
 
     def __init__(self, loc: TiledLocalizer):
         self.loc = loc
 
+    def _of(self, i: int):
+        """Folder image ``i`` -> (its tile's first folder image, its tile's codes, its row there)."""
+        t, j = self.loc.tile_of(int(i))
+        return int(self.loc.first[t]), self.loc.tile(t, keep=self.loc.keep).bundle.arrays["verify_codes"], j
+
     def __getitem__(self, images) -> np.ndarray:
         rows = []
         for i in images:
-            t, j = self.loc.tile_of(int(i))
-            rows.append(np.asarray(self.loc.tile(t, keep=self.loc.keep).bundle.arrays["verify_codes"][j]))
+            _, codes, j = self._of(i)
+            rows.append(np.asarray(codes[j]))
         return np.stack(rows)
+
+    def block(self, i: int) -> range:
+        first, codes, j = self._of(i)
+        block = codes.block(j)
+        return range(first + block.start, first + block.stop)

@@ -24,7 +24,7 @@ import numpy as np
 from segvlad_edge import __version__
 from segvlad_edge.files import atomic_folder, sha256_file
 from segvlad_edge.runtime.map_edit import select_images
-from segvlad_edge.runtime.mapfiles.bundle import CheckedRows, MapBundle, header_sha256
+from segvlad_edge.runtime.mapfiles.bundle import CheckedRows, MapBundle
 from segvlad_edge.runtime.mapfiles.domain import save_domain
 from segvlad_edge.runtime.mapfiles.tiles import FIT_NAME, FOLDER_FORMAT, FOLDER_VERSION, bbox_of, write_index
 from segvlad_edge.runtime.mapping import BuildSummary, MapBuildError, build_map
@@ -101,8 +101,8 @@ def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike
             keep = np.zeros(len(names), bool)
             keep[groups[key]] = True
             path = tmp / f"tile_e{key[0]:04d}_n{key[1]:04d}.segmap"
-            _write_tile(bundle, keep, fit_ref, path, index_kind)
-            tiles.append({"file": path.name, "sha256": sha256_file(path), "header_sha256": header_sha256(path),
+            sealed = _write_tile(bundle, keep, fit_ref, path, index_kind)
+            tiles.append({"file": path.name, "sha256": sha256_file(path), "header_sha256": sealed,
                           "images": int(keep.sum()),
                           "bbox": bbox_of(latlon[keep]), "fit_sha256": fit_ref["sha256"]})
         doc = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION, "created_by": f"segvlad-edge {__version__}",
@@ -116,9 +116,10 @@ def split_map(bundle: MapBundle, pipeline: FramePipeline, out: str | os.PathLike
     return doc
 
 
-def _write_tile(bundle: MapBundle, keep: np.ndarray, fit_ref: dict, path: Path, index_kind: str) -> None:
+def _write_tile(bundle: MapBundle, keep: np.ndarray, fit_ref: dict, path: Path, index_kind: str) -> str:
     """The kept images as a bundle on the shared fit (no vocabulary/PCA of its own), with its own
-    search index and the whole map's verification coder (the calibration is in the tile index)."""
+    search index and the whole map's verification coder (the calibration is in the tile index);
+    returns its sealed header's sha256."""
     with select_images(bundle, keep, path.parent) as (images, arrays):          # codes via a temporary file
         arrays = {k: v for k, v in arrays.items()
                   if not k.startswith("index_") and k not in ("vocab_centers", "pca_mean", "pca_components",
@@ -126,3 +127,4 @@ def _write_tile(bundle: MapBundle, keep: np.ndarray, fit_ref: dict, path: Path, 
         tile = MapBundle({**bundle.meta, "images": images, "fit": fit_ref}, arrays)
         store_index(tile, index_kind)
         tile.write(path)
+    return tile.header_sha256
