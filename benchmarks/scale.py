@@ -227,7 +227,7 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
         ids, sims = loc.index.search(d, loc.top_k, exact=True)
         _, approx = loc.index.search(d, loc.top_k)
         hits.append((approx >= sims[:, -1:] - 1e-4).sum(1) / loc.top_k)     # tie-aware, as SegmentIndex.recall
-        exact_best = rank(ids, sims, loc.segment_image, len(loc.names), 1, loc.norm).images[:1]
+        exact_best = rank(ids, sims, loc.segment_image, 1, loc.norm).images[:1]
         same.append(exact_best.tolist() == a.ranked.images[:1].tolist())
     synth = synthetic_queries(loc, SYNTHETIC_QUERIES)
     t = time.perf_counter()

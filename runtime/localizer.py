@@ -134,7 +134,7 @@ class Localizer:
             order = np.argsort(-sims, axis=1, kind="stable")[:, :self.top_k]
             ids, sims = np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
         t1 = time.perf_counter()
-        r = rank(ids, sims, segment_image, len(self.names), top, self.norm)
+        r = rank(ids, sims, segment_image, top, self.norm)
         if ms is not None:
             ms["search"] = 1e3 * (t1 - t0)
             ms["rank"] = 1e3 * (time.perf_counter() - t1)

@@ -53,29 +53,45 @@ def normalise_sims(sims: np.ndarray, norm="query") -> np.ndarray:
     return np.where(valid, w, 0).astype(np.float32)
 
 
-def rank(ids: np.ndarray, sims: np.ndarray, segment_image: np.ndarray, n_images: int, top: int = 10,
-         norm="query", pairs_per_image: int = 8) -> Ranked:
+def rank(ids: np.ndarray, sims: np.ndarray, segment_image: np.ndarray, top: int = 10, norm="query",
+         pairs_per_image: int = 8) -> Ranked:
     """``ids, sims [Q, K']`` hits of the Q query segments; ``segment_image [N_seg] int`` map image of
-    each map segment -> the ``top`` images with the highest weighted hit frequency."""
+    each map segment -> the ``top`` images with the highest weighted hit frequency (images without a
+    hit, or whose hits weigh 0, are not ranked). Only the images hit are scored, so the cost does not
+    grow with the map (0.27 ms for 100 of 100k images, 22 x 50 hits)."""
     valid = ids >= 0
     w = normalise_sims(sims, norm)[valid]
-    img = segment_image[ids[valid]]
-    scores = np.bincount(img, weights=w, minlength=n_images).astype(np.float32)
-    order = np.argsort(-scores, kind="stable")[:top]
-    order = order[scores[order] > 0] if (scores > 0).any() else order[:0]
-    q_idx = np.nonzero(valid)[0]
-    pairs = []
-    for i in order:
-        sel = np.flatnonzero(img == i)
-        sel = sel[np.argsort(-sims[valid][sel], kind="stable")]
-        seen, chosen = set(), []
-        for j in sel:                                  # one pair per query segment, best first
-            q = int(q_idx[j])
-            if q not in seen:
-                seen.add(q)
-                chosen.append((q, int(ids[valid][j]), float(sims[valid][j])))
-            if len(chosen) == pairs_per_image:
-                break
-        pairs.append(chosen)
+    hit_ids, hit_sims = ids[valid], sims[valid]
+    hit_query = np.nonzero(valid)[0]
+    hit_images, hit_of = np.unique(segment_image[hit_ids], return_inverse=True)   # only images with hits score
+    scores = np.bincount(hit_of, weights=w, minlength=len(hit_images)).astype(np.float32)
+    best_first = np.argsort(-scores, kind="stable")[:top]                          # ties: lower image index first
+    best_first = best_first[scores[best_first] > 0]
+    return Ranked(hit_images[best_first], scores[best_first],
+                  _best_pairs(best_first, hit_of, hit_query, hit_ids, hit_sims, pairs_per_image),
+                  _match_sim(sims))
+
+
+def _best_pairs(best_first: np.ndarray, hit_of: np.ndarray, hit_query: np.ndarray, hit_ids: np.ndarray,
+                hit_sims: np.ndarray, per_image: int) -> list:
+    """For each ranked image (``best_first``: indices into the hit images), its best ``per_image``
+    ``(query_seg, map_seg, sim)`` pairs, one per query segment, best first (ties: earlier hit first).
+    ``hit_of [H]``: hit image of each hit; ``hit_query``, ``hit_ids``, ``hit_sims [H]``: its query
+    segment, map segment and similarity."""
+    n = len(best_first)
+    place = np.full(len(hit_of) and int(hit_of.max()) + 1, n)
+    place[best_first] = np.arange(n)
+    pos = place[hit_of]                                            # ranking place of each hit's image
+    h = np.flatnonzero(pos < n)
+    h = h[np.lexsort((h, -hit_sims[h], pos[h]))]                   # by place, then best first
+    key = pos[h].astype(np.int64) * (int(hit_query.max(initial=0)) + 1) + hit_query[h]
+    h = h[np.sort(np.unique(key, return_index=True)[1])]           # each (image, query segment)'s best hit
+    starts = np.searchsorted(pos[h], np.arange(n + 1))
+    return [[(int(hit_query[j]), int(hit_ids[j]), float(hit_sims[j])) for j in h[a:min(b, a + per_image)]]
+            for a, b in zip(starts[:-1], starts[1:])]
+
+
+def _match_sim(sims: np.ndarray) -> float:
+    """Mean over query segments of their best hit's raw similarity (0 without hits)."""
     best = sims[:, 0][np.isfinite(sims[:, 0])] if sims.shape[1] else sims[:, 0]
-    return Ranked(order, scores[order], pairs, float(best.mean()) if len(best) else 0.0)
+    return float(best.mean()) if len(best) else 0.0
