@@ -216,7 +216,6 @@ def probe(bundle_path: str, query_paths: list[str], threads: int) -> dict:
         if not a.segments:
             continue
         d = loc.pipeline.describe(a.frame)
-        time.sleep(0.05)                                     # let onnxruntime's spinning threads settle
         runs = []
         for _ in range(CPU_REPEATS):                         # the least disturbed of a few (shared machine)
             t0, c0 = time.perf_counter(), time.process_time()

@@ -62,6 +62,10 @@ class OrtBackend(Backend):
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # idle workers sleep instead of spinning after each run, so the CPU steps that follow it
+        # (segments, search, verification) get the cores: 7% less wall and 12% less CPU time per
+        # frame here, the DINOv2 pass itself no slower (README, "Measured")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=usable)
         except Exception as e:  # onnxruntime raises its own exception types

@@ -14,6 +14,8 @@ def test_ort_backend_reports_names_shapes_and_provider(dinov2_manifest):
     assert b.inputs == {"image": [1, 3, 168, 224]} and b.outputs == {"features": [1, 192, 384]}
     out = b.run({"image": np.zeros((1, 3, 168, 224), np.float32)})
     assert out["features"].shape == (1, 192, 384)
+    # its idle threads sleep rather than spin, leaving the cores to the CPU steps after each run
+    assert b.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_ort_falls_back_with_a_warning(dinov2_manifest):

@@ -61,7 +61,7 @@ def test_choose_kind_by_map_size():
     assert I.choose_kind(0) == I.choose_kind(I.HNSWSQ_FROM - 1) == "hnsw"
     assert I.choose_kind(I.HNSWSQ_FROM) == I.choose_kind(I.IVFPQ_FROM - 1) == "hnswsq"
     assert I.choose_kind(I.IVFPQ_FROM) == I.choose_kind(10_000_000) == "ivfpq"
-    assert I.ivf_lists(100) == 16 and I.ivf_lists(2_000_000) == 1953 and I.ivf_lists(10**10) == 65536
+    assert I.ivf_lists(100) == 16 and I.ivf_lists(2_000_000) == 3906 and I.ivf_lists(10**10) == 65536
 
 
 def test_exact_search_in_chunks_matches_one_block(monkeypatch):

@@ -11,12 +11,12 @@ the bundle as checksummed arrays, so loading a map reads them instead of rebuild
   exactly against the float16 descriptors (memory-mapped in the bundle, only those rows read).
   The serialized index is read zero-copy from the bundle. RAM: about 530 bytes per segment at 256
   dims (one code byte per dimension; 8.1 KiB per image on corridor at the default 128).
-- ``"ivfpq"`` (faiss IVF-PQ fast-scan, from ``IVFPQ_FROM`` segments): ``nlist`` (about N/1024)
+- ``"ivfpq"`` (faiss IVF-PQ fast-scan, from ``IVFPQ_FROM`` segments): ``nlist`` (about N/512)
   inverted lists whose centroids an HNSW graph searches (``quantizer``); ``nprobe`` lists are
   scanned with 64-byte codes of each vector's residual to its centroid (128 x 4 bits at 128
   dims), the best ``refine_factor x rerank x k`` re-ordered by an 8-bit scalar-quantised copy
   (faiss IndexRefine, ``refine``) and the best ``rerank x k`` of those re-scored exactly the same
-  way. RAM: about 200 bytes per segment (4.4 KiB per image at 22 segments per image). Maps
+  way. RAM: about 200 bytes per segment (4.5 KiB per image at 22 segments per image). Maps
   stored before the HNSW quantiser and the refine stage (flat quantiser, 1,481 lists, no refine)
   load as built: the structure is read from the stored index, only the search parameters from
   the bundle's record, each checked by type and range.
@@ -26,12 +26,13 @@ IVF-PQ's top-50 recall is 1.000 (HNSW-SQ: 1.000, 0.996; on synthetic queries 1.0
 against 0.992 and 0.949) in half HNSW-SQ's RAM and no more CPU, so IVF-PQ takes over from
 ``IVFPQ_FROM`` = 20k segments (under that, down to 1,000, HNSW-SQ stays: not measured against
 it). At 2.2M segments (synthetic) HNSW-SQ recalled 0.54 (PCA 256, 24 min to build).
-``benchmarks/index_sweep.py`` chose the IVF-PQ structure there: lists of about 1024 vectors
-(16,384 lists of 137 cost more per probed list than they save), residual codes (codes of the
-vectors themselves recall less), an SQ8 refine stage; its ``--bundle`` mode chose the search
-settings through this class's own search: nprobe 128, refine 4, rerank 2 recall 0.982 of the
-real frames' top 50 (synthetic queries 0.951) for about 11 ms of CPU per frame of 22 segments;
-refine 16 adds 0.0003 for 3 ms, nprobe 256 reaches 0.999 (0.990) for 18 ms.
+``benchmarks/index_sweep.py`` chose the IVF-PQ structure there: residual codes (codes of the
+vectors themselves recall less), an SQ8 refine stage, lists of about 512 vectors (``ivf_lists``:
+16,384 lists of 137 cost more per probed list than they save); its ``--bundle`` mode chose the
+search settings through this class's own search: nprobe 256, refine 4, rerank 2 recall 0.990 of
+the real frames' top 50 (synthetic queries 0.958) for 13.5 ms of CPU per frame of 22 segments on
+one thread, where 2,193 lists of 1,024 needed nprobe 256 and 18 ms for 0.999, and gave 0.987 at
+nprobe 192 for 14.6 ms.
 
 A frame's query rows are searched once each: SuperSegments grown into the same region share a
 descriptor (33% of the rows of the scale benchmark's real map, ``segvlad-edge inspect``), and every copy gets the
@@ -56,7 +57,7 @@ HNSWSQ_FROM = 1_000             # segments (about 50 images): from here HNSW-SQ8
 IVFPQ_FROM = 20_000             # segments (about 900 images): from here IVF-PQ (benchmarks/scale.py)
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
 HNSWSQ = {"m": 32, "ef_construction": 40, "ef": 400, "rerank": 4, "qtype": "QT_8bit", "train_max": 100_000, "seed": 0}
-IVFPQ = {"pq_m": 128, "nprobe": 128, "rerank": 2, "train_max": 300_000, "seed": 0,
+IVFPQ = {"pq_m": 128, "nprobe": 256, "rerank": 2, "train_max": 300_000, "seed": 0,
          "quantizer": "hnsw", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": True,
          "refine": "sq8", "refine_factor": 4}
 SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
@@ -82,9 +83,10 @@ def choose_kind(n_segments: int) -> str:
 
 
 def ivf_lists(n_segments: int) -> int:
-    """Inverted lists for an IVF index of ``n_segments`` vectors: about 1024 vectors a list (the
-    fast scan's cost per probed list outweighs a finer partition's), in [16, 65536]."""
-    return int(np.clip(n_segments // 1024, 16, 65536))
+    """Inverted lists for an IVF index of ``n_segments`` vectors: about 512 vectors a list (at 2.2M
+    segments 4,386 lists recall 0.990 at nprobe 256 for 13.5 ms of CPU per frame, 2,193 lists 0.987
+    at nprobe 192 for 14.6 ms; 8,773 lists cost more per probed list than they save), in [16, 65536]."""
+    return int(np.clip(n_segments // 512, 16, 65536))
 
 
 class SegmentIndex:
@@ -147,10 +149,11 @@ class SegmentIndex:
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, np.float32)
-        unique, inverse = np.unique(q, axis=0, return_inverse=True) if len(q) > 1 else (q, None)
-        if len(unique) < len(q):        # SuperSegments grown into the same region share a descriptor: search it once
-            ids, sims = self.search(unique, k, exact)
-            return ids[inverse.reshape(-1)], sims[inverse.reshape(-1)]
+        as_bytes = q.view(np.dtype((np.void, q.itemsize * q.shape[1]))).reshape(-1)    # one value per row: a
+        _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)  # 1-D unique, 25x faster
+        if len(first) < len(q):         # SuperSegments grown into the same region share a descriptor: search it once
+            ids, sims = self.search(q[first], k, exact)
+            return ids[inverse], sims[inverse]
         kk = min(k, len(self))
         ids = np.full((len(q), k), -1, np.int64)
         sims = np.full((len(q), k), -np.inf, np.float32)
