@@ -63,7 +63,7 @@ class OrtBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
         # idle workers sleep instead of spinning after each run, so the CPU steps that follow it
-        # (segments, search, verification) get the cores: 7% less wall and 12% less CPU time per
+        # (segments, search, verification) get the cores: 7% less wall and 11% less CPU time per
         # frame here, the DINOv2 pass itself no slower (README, "Measured")
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:

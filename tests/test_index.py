@@ -62,6 +62,7 @@ def test_choose_kind_by_map_size():
     assert I.choose_kind(I.HNSWSQ_FROM) == I.choose_kind(I.IVFPQ_FROM - 1) == "hnswsq"
     assert I.choose_kind(I.IVFPQ_FROM) == I.choose_kind(10_000_000) == "ivfpq"
     assert I.ivf_lists(100) == 16 and I.ivf_lists(2_000_000) == 3906 and I.ivf_lists(10**10) == 65536
+    assert I.ivf_quantizer(I.FLAT_QUANTIZER_LISTS) == "flat" and I.ivf_quantizer(I.FLAT_QUANTIZER_LISTS + 1) == "hnsw"
 
 
 def test_exact_search_in_chunks_matches_one_block(monkeypatch):
@@ -134,7 +135,8 @@ def test_malformed_stored_ivfpq_is_refused():
 def test_stored_ivfpq_structure_is_read_from_the_index():
     """An IVF-PQ index built before the HNSW quantiser and the refine stage (flat quantiser, residual
     codes, no refine) loads as built, whatever the current defaults say; the current one is an
-    IndexRefine over a fast scan whose lists an HNSW graph finds."""
+    IndexRefine over a fast scan whose lists are found by scoring every centroid (``auto`` at 32
+    lists) or by an HNSW graph (maps of more than FLAT_QUANTIZER_LISTS lists, and those built with it)."""
     x = clustered(n=2000)
     old = SegmentIndex(x, "ivfpq", threads=1)
     old.params.update(OLD_IVFPQ)
@@ -145,13 +147,32 @@ def test_stored_ivfpq_structure_is_read_from_the_index():
     assert (loaded.params["quantizer"], loaded.params["by_residual"], loaded.params["refine"]) == ("flat", True, None)
     q = queries(x, 40)
     np.testing.assert_array_equal(old.search(q, 10)[0], loaded.search(q, 10)[0])
-    new = SegmentIndex(x, "ivfpq", threads=1)
-    new.params.update(nlist=32, train_max=2000)
-    meta, stored = new.to_arrays()
+    for quantizer, built_as in (("auto", "flat"), ("hnsw", "hnsw")):
+        new = SegmentIndex(x, "ivfpq", threads=1)
+        new.params.update(nlist=32, train_max=2000, quantizer=quantizer)
+        meta, stored = new.to_arrays()
+        loaded = SegmentIndex(x, "ivfpq", threads=1, meta=meta, stored=stored)
+        assert (loaded.params["quantizer"], loaded.params["by_residual"], loaded.params["refine"]) == (built_as, True, "sq8")
+        assert type(loaded.prepare()).__name__ == "IndexRefine"
+        assert loaded.resident_bytes() == stored["index_faiss"].nbytes < 16 * 1024 * len(x) / 22
+        np.testing.assert_array_equal(new.search(q, 10)[0], loaded.search(q, 10)[0])
+
+
+def test_a_stored_map_keeps_its_own_search_settings():
+    """A map searches with the nprobe it was built with, not the current default."""
+    x = clustered(n=2000)
+    built = SegmentIndex(x, "ivfpq", threads=1)
+    built.params.update(nlist=64, nprobe=12, train_max=2000)
+    meta, stored = built.to_arrays()
     loaded = SegmentIndex(x, "ivfpq", threads=1, meta=meta, stored=stored)
-    assert (loaded.params["quantizer"], loaded.params["by_residual"], loaded.params["refine"]) == ("hnsw", True, "sq8")
-    assert type(loaded.prepare()).__name__ == "IndexRefine"
-    assert loaded.resident_bytes() == stored["index_faiss"].nbytes < 16 * 1024 * len(x) / 22
+    q = queries(x, 40)
+    assert loaded.params["nprobe"] == 12 != I.IVFPQ["nprobe"]
+    np.testing.assert_array_equal(built.search(q, 10)[0], loaded.search(q, 10)[0])
+
+
+def test_queries_of_another_dimension_are_refused():
+    with pytest.raises(ValueError, match="64-dim"):
+        SegmentIndex(clustered(n=100), "hnsw").search(np.zeros((2, 32), np.float32), 5)
 
 
 @pytest.mark.parametrize("key,value", [("nprobe", 33), ("nprobe", 0), ("rerank", 0), ("rerank", 2.0),
@@ -169,7 +190,7 @@ def test_malformed_stored_ivfpq_quantiser_and_refine_are_refused():
     import faiss
     x = clustered(n=1000)
     idx = SegmentIndex(x, "ivfpq", threads=1)
-    idx.params.update(nlist=32, train_max=1000)
+    idx.params.update(nlist=32, train_max=1000, quantizer="hnsw")       # as maps of more than 8,192 lists
     meta, stored = idx.to_arrays()
     blob = stored["index_faiss"]
     for cut in (blob[:len(blob) // 2], blob[:-1]):

@@ -12,7 +12,8 @@ the bundle as checksummed arrays, so loading a map reads them instead of rebuild
   The serialized index is read zero-copy from the bundle. RAM: about 530 bytes per segment at 256
   dims (one code byte per dimension; 8.1 KiB per image on corridor at the default 128).
 - ``"ivfpq"`` (faiss IVF-PQ fast-scan, from ``IVFPQ_FROM`` segments): ``nlist`` (about N/512)
-  inverted lists whose centroids an HNSW graph searches (``quantizer``); ``nprobe`` lists are
+  inverted lists, found by scoring every centroid (up to FLAT_QUANTIZER_LISTS lists) or by an HNSW
+  graph over them (``quantizer``, ``ivf_quantizer``); ``nprobe`` lists are
   scanned with 64-byte codes of each vector's residual to its centroid (128 x 4 bits at 128
   dims), the best ``refine_factor x rerank x k`` re-ordered by an 8-bit scalar-quantised copy
   (faiss IndexRefine, ``refine``) and the best ``rerank x k`` of those re-scored exactly the same
@@ -29,10 +30,11 @@ it). At 2.2M segments (synthetic) HNSW-SQ recalled 0.54 (PCA 256, 24 min to buil
 ``benchmarks/index_sweep.py`` chose the IVF-PQ structure there: residual codes (codes of the
 vectors themselves recall less), an SQ8 refine stage, lists of about 512 vectors (``ivf_lists``:
 16,384 lists of 137 cost more per probed list than they save); its ``--bundle`` mode chose the
-search settings through this class's own search: nprobe 256, refine 4, rerank 2 recall 0.990 of
-the real frames' top 50 (synthetic queries 0.958) for 13.5 ms of CPU per frame of 22 segments on
-one thread, where 2,193 lists of 1,024 needed nprobe 256 and 18 ms for 0.999, and gave 0.987 at
-nprobe 192 for 14.6 ms.
+search settings through this class's own search: with a flat quantiser, nprobe 256, refine 4,
+rerank 2 recall 0.991 of the real frames' top 50 (synthetic queries 0.964) for 12.7 ms of CPU per
+frame of 22 segments on one thread; 2,193 lists of 1,024 gave 0.987 (0.977) at nprobe 192 for
+14.6 ms. On 40 real frames the settings were not chosen on (``benchmarks/heldout_recall.py``):
+0.997 [0.992, 1.000], and 0.998 with the previous 2,193 lists at nprobe 128.
 
 A frame's query rows are searched once each: SuperSegments grown into the same region share a
 descriptor (33% of the rows of the scale benchmark's real map, ``segvlad-edge inspect``), and every copy gets the
@@ -58,11 +60,12 @@ IVFPQ_FROM = 20_000             # segments (about 900 images): from here IVF-PQ 
 HNSW = {"m": 32, "ef_construction": 200, "ef": 256, "seed": 100}
 HNSWSQ = {"m": 32, "ef_construction": 40, "ef": 400, "rerank": 4, "qtype": "QT_8bit", "train_max": 100_000, "seed": 0}
 IVFPQ = {"pq_m": 128, "nprobe": 256, "rerank": 2, "train_max": 300_000, "seed": 0,
-         "quantizer": "hnsw", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": True,
+         "quantizer": "auto", "quantizer_m": 32, "quantizer_ef": 64, "by_residual": True,
          "refine": "sq8", "refine_factor": 4}
 SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
 SEARCH_THREADS = 2              # faiss threads of a search at most: at 100k images 9.6 ms warm per frame against
                                 # 15.4 on one, for 4% more CPU (benchmarks/scale.log, this 2-core machine, idle)
+FLAT_QUANTIZER_LISTS = 8192     # IVF-PQ: lists up to which every centroid is scored (about 4M segments)
 MAX_CANDIDATE_FACTOR = 1024    # IVF-PQ: rerank x refine_factor candidates per result at most (bounds a search's memory)
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
 
@@ -82,10 +85,17 @@ def choose_kind(n_segments: int) -> str:
     return "ivfpq" if n_segments >= IVFPQ_FROM else "hnswsq" if n_segments >= HNSWSQ_FROM else "hnsw"
 
 
+def ivf_quantizer(nlist: int) -> str:
+    """How an IVF index of ``nlist`` lists finds the lists to probe: ``"flat"`` (every centroid
+    scored: 0.7 ms per frame of 18 rows at 4,386 lists on 2 threads, against 1.2 ms for an HNSW graph at
+    ef 256, and exact) up to FLAT_QUANTIZER_LISTS lists, ``"hnsw"`` beyond."""
+    return "flat" if nlist <= FLAT_QUANTIZER_LISTS else "hnsw"
+
+
 def ivf_lists(n_segments: int) -> int:
-    """Inverted lists for an IVF index of ``n_segments`` vectors: about 512 vectors a list (at 2.2M
-    segments 4,386 lists recall 0.990 at nprobe 256 for 13.5 ms of CPU per frame, 2,193 lists 0.987
-    at nprobe 192 for 14.6 ms; 8,773 lists cost more per probed list than they save), in [16, 65536]."""
+    """Inverted lists for an IVF index of ``n_segments`` vectors: about 512 vectors a list, in [16,
+    65536] (at 2.2M segments: 8,773 lists cost more per probed list than they save; 2,193 recall
+    less of the real frames for the same CPU, more of the synthetic queries: README, "Large maps")."""
     return int(np.clip(n_segments // 512, 16, 65536))
 
 
@@ -149,8 +159,10 @@ class SegmentIndex:
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, np.float32)
-        as_bytes = q.view(np.dtype((np.void, q.itemsize * q.shape[1]))).reshape(-1)    # one value per row: a
-        _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)  # 1-D unique, 25x faster
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries of shape {q.shape}: the index holds {self.dim}-dim descriptors")
+        as_bytes = q.view(np.dtype((np.void, q.itemsize * self.dim))).reshape(-1)     # each row as one value,
+        _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)  # 25x faster than axis=0
         if len(first) < len(q):         # SuperSegments grown into the same region share a descriptor: search it once
             ids, sims = self.search(q[first], k, exact)
             return ids[inverse], sims[inverse]
@@ -348,8 +360,8 @@ def _add_all(index: SegmentIndex, idx) -> None:
 
 
 def _build_ivfpq(index: SegmentIndex):
-    """faiss IVF-PQ fast-scan: ``nlist`` inverted lists found by an HNSW graph over their centroids
-    (``quantizer`` "hnsw"; "flat" scans them all), 4-bit codes of ``pq_m`` sub-vectors of each
+    """faiss IVF-PQ fast-scan: ``nlist`` inverted lists found by scoring all their centroids
+    (``quantizer`` "flat") or by an HNSW graph over them ("hnsw"; "auto": ``ivf_quantizer``), 4-bit codes of ``pq_m`` sub-vectors of each
     vector's residual to its list centroid (``by_residual``; False codes the vectors themselves:
     one lookup table per query, cheaper per list but less accurate), and with ``refine`` "sq8" an
     8-bit scalar-quantised copy (faiss IndexRefine) that re-orders the ``refine_factor x`` candidates
@@ -361,6 +373,8 @@ def _build_ivfpq(index: SegmentIndex):
     p["nlist"] = nlist = int(p.get("nlist") or ivf_lists(n))
     p["nprobe"] = min(int(p["nprobe"]), nlist)
     p["pq_m"] = math.gcd(int(p["pq_m"]), dim)          # sub-quantizers must divide the dimension
+    if p["quantizer"] == "auto":
+        p["quantizer"] = ivf_quantizer(nlist)
     if p["quantizer"] == "hnsw":
         quantizer = faiss.IndexHNSWFlat(dim, int(p["quantizer_m"]), faiss.METRIC_INNER_PRODUCT)
         quantizer.hnsw.efConstruction = 40
@@ -369,7 +383,8 @@ def _build_ivfpq(index: SegmentIndex):
     ivf = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, int(p["pq_m"]), 4, faiss.METRIC_INNER_PRODUCT)
     ivf.by_residual = bool(p["by_residual"])
     ivf.cp.seed = int(p["seed"])
-    ivf.cp.min_points_per_centroid = 5                 # train_max rows for up to train_max / 5 lists
+    ivf.cp.min_points_per_centroid = 5                 # train_max rows train up to train_max / 5 lists (60k at
+                                                       # 300k rows: maps under 30M segments; faiss warns beyond)
     ivf.pq.cp.seed = int(p["seed"])
     idx = ivf
     if p["refine"] == "sq8":

@@ -57,8 +57,8 @@ def rank(ids: np.ndarray, sims: np.ndarray, segment_image: np.ndarray, top: int 
          pairs_per_image: int = 8) -> Ranked:
     """``ids, sims [Q, K']`` hits of the Q query segments; ``segment_image [N_seg] int`` map image of
     each map segment -> the ``top`` images with the highest weighted hit frequency (images without a
-    hit, or whose hits weigh 0, are not ranked). Only the images hit are scored, so the cost does not
-    grow with the map (0.27 ms for 100 of 100k images, 22 x 50 hits)."""
+    hit, or whose hits sum to 0 or less, are not ranked). Only the images hit are scored, so the cost
+    does not grow with the map (0.27 ms for 100 of 100k images, 22 x 50 hits)."""
     valid = ids >= 0
     w = normalise_sims(sims, norm)[valid]
     hit_ids, hit_sims = ids[valid], sims[valid]
@@ -67,19 +67,19 @@ def rank(ids: np.ndarray, sims: np.ndarray, segment_image: np.ndarray, top: int 
     scores = np.bincount(hit_of, weights=w, minlength=len(hit_images)).astype(np.float32)
     best_first = np.argsort(-scores, kind="stable")[:top]                          # ties: lower image index first
     best_first = best_first[scores[best_first] > 0]
-    return Ranked(hit_images[best_first], scores[best_first],
-                  _best_pairs(best_first, hit_of, hit_query, hit_ids, hit_sims, pairs_per_image),
+    return Ranked(hit_images[best_first].astype(np.int64), scores[best_first],
+                  _best_pairs(best_first, len(hit_images), hit_of, hit_query, hit_ids, hit_sims, pairs_per_image),
                   _match_sim(sims))
 
 
-def _best_pairs(best_first: np.ndarray, hit_of: np.ndarray, hit_query: np.ndarray, hit_ids: np.ndarray,
-                hit_sims: np.ndarray, per_image: int) -> list:
-    """For each ranked image (``best_first``: indices into the hit images), its best ``per_image``
+def _best_pairs(best_first: np.ndarray, n_hit_images: int, hit_of: np.ndarray, hit_query: np.ndarray,
+                hit_ids: np.ndarray, hit_sims: np.ndarray, per_image: int) -> list:
+    """For each ranked image (``best_first``: indices into the ``n_hit_images`` images hit), its best ``per_image``
     ``(query_seg, map_seg, sim)`` pairs, one per query segment, best first (ties: earlier hit first).
     ``hit_of [H]``: hit image of each hit; ``hit_query``, ``hit_ids``, ``hit_sims [H]``: its query
     segment, map segment and similarity."""
     n = len(best_first)
-    place = np.full(len(hit_of) and int(hit_of.max()) + 1, n)
+    place = np.full(n_hit_images, n)
     place[best_first] = np.arange(n)
     pos = place[hit_of]                                            # ranking place of each hit's image
     h = np.flatnonzero(pos < n)
