@@ -1,12 +1,13 @@
-"""Top-K' recall of a map's stored index on real frames the search settings were not chosen on.
+"""Top-K' recall of maps' stored indexes on real frames the search settings were not chosen on.
 
-    python benchmarks/heldout_recall.py MAP [--frames 40]
+    python benchmarks/heldout_recall.py MAP [MAP ...] [--frames 40]
 
 ``benchmarks/index_sweep.py --bundle`` and ``benchmarks/scale.py`` measure recall over the same 10
 real query frames (``scale.QUERIES``); this takes ``--frames`` others from the same query folders,
-localises each with the product's ``Localizer`` and prints the mean over frames of
-``SegmentIndex.recall`` (top-K' against exact search, tie-aware) with a 95% bootstrap interval
-over frames.
+none within ``NEIGHBOURS`` frames of those 10, localises each with the product's ``Localizer``
+and prints per map the mean over frames of ``SegmentIndex.recall`` (top-K' against exact search,
+tie-aware; a mean over frames, where the scale table's is over segments) with a 95% bootstrap
+interval over frames, and for each further map its paired difference to the first.
 """
 from __future__ import annotations
 
@@ -22,28 +23,53 @@ import scale  # noqa: E402
 from segvlad_edge.runtime.inputs.images import list_images, load_image  # noqa: E402
 from segvlad_edge.runtime.localizer import Localizer  # noqa: E402
 
+NEIGHBOURS = 2          # frames this close to one the settings were chosen on are not held out
+BOOT = 2000
+
+
+def held_out_frames(n: int) -> list[Path]:
+    """``n`` real query frames spread over the query folders, none near scale.py's 10."""
+    paths = [p for d in scale.QUERY_DIRS for p in list_images(scale.SHARED / d)]
+    chosen_on = np.linspace(0, len(paths) - 1, scale.QUERIES).astype(int)
+    others = [i for i in range(len(paths)) if np.abs(chosen_on - i).min() > NEIGHBOURS]
+    if not 1 <= n <= len(others):
+        sys.exit(f"--frames {n}: choose 1 to {len(others)}")
+    return [paths[others[i]] for i in np.linspace(0, len(others) - 1, n).astype(int)]
+
+
+def frame_recalls(map_path: str, frames: list[Path], threads: int) -> np.ndarray:
+    """``[F]`` recall of the map's index per frame (NaN for a frame without segments)."""
+    loc = Localizer.from_bundle(map_path, threads=threads)
+    out = []
+    for path in frames:
+        answer = loc.localize(load_image(path))
+        desc = np.asarray(loc.pipeline.describe(answer.frame), np.float32) if answer.segments else None
+        out.append(loc.index.recall(desc, loc.top_k) if desc is not None else np.nan)
+    return np.asarray(out)
+
+
+def interval(x: np.ndarray, sign: str = "") -> str:
+    """Mean of ``x [F]`` with its 95% percentile bootstrap interval over frames."""
+    means = x[np.random.default_rng(0).integers(0, len(x), (BOOT, len(x)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return f"{x.mean():{sign}.4f} [{lo:{sign}.4f}, {hi:{sign}.4f}]"
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("map", help="a bundle written by benchmarks/scale.py (or any map)")
+    ap.add_argument("maps", nargs="+", help="bundles written by benchmarks/scale.py (or any maps)")
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    paths = [p for d in scale.QUERY_DIRS for p in list_images(scale.SHARED / d)]
-    chosen_on = set(np.linspace(0, len(paths) - 1, scale.QUERIES).astype(int).tolist())
-    others = [i for i in range(len(paths)) if i not in chosen_on]
-    picks = [others[i] for i in np.linspace(0, len(others) - 1, a.frames).astype(int)]
-    loc = Localizer.from_bundle(a.map, threads=a.threads)
-    recall = []
-    for i in picks:
-        answer = loc.localize(load_image(paths[i]))
-        if answer.segments:
-            recall.append(loc.index.recall(np.asarray(loc.pipeline.describe(answer.frame), np.float32), loc.top_k))
-    recall = np.asarray(recall)
-    means = recall[np.random.default_rng(0).integers(0, len(recall), (2000, len(recall)))].mean(1)
-    print(f"{a.map}: {len(recall)} held-out frames, top-{loc.top_k} recall {recall.mean():.4f} "
-          f"[{np.percentile(means, 2.5):.4f}, {np.percentile(means, 97.5):.4f}] (95% bootstrap over frames); "
-          f"frames under 0.99: {int((recall < 0.99).sum())}, lowest {recall.min():.3f}")
+    frames = held_out_frames(a.frames)
+    recalls = [frame_recalls(m, frames, a.threads) for m in a.maps]
+    both = np.all([np.isfinite(r) for r in recalls], axis=0)
+    print(f"{int(both.sum())} held-out frames with segments (95% bootstrap intervals over frames)")
+    for i, (m, r) in enumerate(zip(a.maps, recalls)):
+        print(f"{m}: recall {interval(r[both])}; frames under 0.99: {int((r[both] < 0.99).sum())}, "
+              f"lowest {r[both].min():.3f}")
+        if i:
+            print(f"  paired difference to {a.maps[0]}: {interval(r[both] - recalls[0][both], '+')}")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ def test_stored_ivfpq_structure_is_read_from_the_index():
         new.params.update(nlist=32, train_max=2000, quantizer=quantizer)
         meta, stored = new.to_arrays()
         loaded = SegmentIndex(x, "ivfpq", threads=1, meta=meta, stored=stored)
-        assert (loaded.params["quantizer"], loaded.params["by_residual"], loaded.params["refine"]) == (built_as, True, "sq8")
+        structure = (loaded.params["quantizer"], loaded.params["by_residual"], loaded.params["refine"])
+        assert structure == (built_as, True, "sq8")
         assert type(loaded.prepare()).__name__ == "IndexRefine"
         assert loaded.resident_bytes() == stored["index_faiss"].nbytes < 16 * 1024 * len(x) / 22
         np.testing.assert_array_equal(new.search(q, 10)[0], loaded.search(q, 10)[0])
@@ -168,6 +169,15 @@ def test_a_stored_map_keeps_its_own_search_settings():
     q = queries(x, 40)
     assert loaded.params["nprobe"] == 12 != I.IVFPQ["nprobe"]
     np.testing.assert_array_equal(built.search(q, 10)[0], loaded.search(q, 10)[0])
+    import faiss
+    assert faiss.extract_index_ivf(loaded.prepare()).nprobe == 12          # what the search ran with
+
+
+def test_an_unknown_ivfpq_quantizer_is_refused():
+    idx = SegmentIndex(clustered(n=1000), "ivfpq", threads=1)
+    idx.params.update(nlist=16, train_max=1000, quantizer="HNSW")
+    with pytest.raises(ValueError, match="choose auto, flat or hnsw"):
+        idx.prepare()
 
 
 def test_queries_of_another_dimension_are_refused():

@@ -33,8 +33,9 @@ vectors themselves recall less), an SQ8 refine stage, lists of about 512 vectors
 search settings through this class's own search: with a flat quantiser, nprobe 256, refine 4,
 rerank 2 recall 0.991 of the real frames' top 50 (synthetic queries 0.964) for 12.7 ms of CPU per
 frame of 22 segments on one thread; 2,193 lists of 1,024 gave 0.987 (0.977) at nprobe 192 for
-14.6 ms. On 40 real frames the settings were not chosen on (``benchmarks/heldout_recall.py``):
-0.997 [0.992, 1.000], and 0.998 with the previous 2,193 lists at nprobe 128.
+14.6 ms. On 40 real frames the settings were not chosen on (``benchmarks/heldout_recall.py``,
+paired): 0.9987 [0.9971, 1.0000] against 0.9941 [0.9872, 0.9991] for the previous 2,193 lists
+at nprobe 128, for about 1 ms more per frame.
 
 A frame's query rows are searched once each: SuperSegments grown into the same region share a
 descriptor (33% of the rows of the scale benchmark's real map, ``segvlad-edge inspect``), and every copy gets the
@@ -65,7 +66,8 @@ IVFPQ = {"pq_m": 128, "nprobe": 256, "rerank": 2, "train_max": 300_000, "seed": 
 SQ_TYPES = ("QT_8bit", "QT_6bit", "QT_4bit", "QT_fp16")     # faiss scalar quantisers an "hnswsq" index may use
 SEARCH_THREADS = 2              # faiss threads of a search at most: at 100k images 9.6 ms warm per frame against
                                 # 15.4 on one, for 4% more CPU (benchmarks/scale.log, this 2-core machine, idle)
-FLAT_QUANTIZER_LISTS = 8192     # IVF-PQ: lists up to which every centroid is scored (about 4M segments)
+FLAT_QUANTIZER_LISTS = 8192     # IVF-PQ: lists up to which every centroid is scored (about 4M segments; measured
+                                # at 4,386 lists only, where it is the faster; its cost grows linearly beyond)
 MAX_CANDIDATE_FACTOR = 1024    # IVF-PQ: rerank x refine_factor candidates per result at most (bounds a search's memory)
 EXACT_CHUNK = 65_536            # rows per exact-search block (bounds its float32 temporary)
 
@@ -87,15 +89,16 @@ def choose_kind(n_segments: int) -> str:
 
 def ivf_quantizer(nlist: int) -> str:
     """How an IVF index of ``nlist`` lists finds the lists to probe: ``"flat"`` (every centroid
-    scored: 0.7 ms per frame of 18 rows at 4,386 lists on 2 threads, against 1.2 ms for an HNSW graph at
-    ef 256, and exact) up to FLAT_QUANTIZER_LISTS lists, ``"hnsw"`` beyond."""
+    scored, exactly) up to FLAT_QUANTIZER_LISTS lists, ``"hnsw"`` beyond. At 4,386 lists, 18 rows,
+    2 threads: 0.7 ms per frame flat against 1.2 ms for the HNSW graph at ef 256 (a throw-away
+    timing, README "Large maps"); ``quantizer_m`` and ``quantizer_ef`` matter only to "hnsw"."""
     return "flat" if nlist <= FLAT_QUANTIZER_LISTS else "hnsw"
 
 
 def ivf_lists(n_segments: int) -> int:
     """Inverted lists for an IVF index of ``n_segments`` vectors: about 512 vectors a list, in [16,
-    65536] (at 2.2M segments: 8,773 lists cost more per probed list than they save; 2,193 recall
-    less of the real frames for the same CPU, more of the synthetic queries: README, "Large maps")."""
+    65536] (at 2.2M segments 8,773 lists cost more per probed list than they save; against 2,193
+    lists: README, "Large maps")."""
     return int(np.clip(n_segments // 512, 16, 65536))
 
 
@@ -361,11 +364,11 @@ def _add_all(index: SegmentIndex, idx) -> None:
 
 def _build_ivfpq(index: SegmentIndex):
     """faiss IVF-PQ fast-scan: ``nlist`` inverted lists found by scoring all their centroids
-    (``quantizer`` "flat") or by an HNSW graph over them ("hnsw"; "auto": ``ivf_quantizer``), 4-bit codes of ``pq_m`` sub-vectors of each
-    vector's residual to its list centroid (``by_residual``; False codes the vectors themselves:
-    one lookup table per query, cheaper per list but less accurate), and with ``refine`` "sq8" an
-    8-bit scalar-quantised copy (faiss IndexRefine) that re-orders the ``refine_factor x`` candidates
-    of the fast scan before the exact re-scoring."""
+    (``quantizer`` "flat") or by an HNSW graph over them ("hnsw"; "auto": ``ivf_quantizer``), 4-bit
+    codes of ``pq_m`` sub-vectors of each vector's residual to its list centroid (``by_residual``;
+    False codes the vectors themselves: one lookup table per query, cheaper per list but less
+    accurate), and with ``refine`` "sq8" an 8-bit scalar-quantised copy (faiss IndexRefine) that
+    re-orders the ``refine_factor x`` candidates of the fast scan before the exact re-scoring."""
     faiss = _faiss()
     if index.threads > 0:
         faiss.omp_set_num_threads(index.threads)
@@ -375,6 +378,8 @@ def _build_ivfpq(index: SegmentIndex):
     p["pq_m"] = math.gcd(int(p["pq_m"]), dim)          # sub-quantizers must divide the dimension
     if p["quantizer"] == "auto":
         p["quantizer"] = ivf_quantizer(nlist)
+    if p["quantizer"] not in ("flat", "hnsw"):
+        raise ValueError(f"IVF-PQ quantizer {p['quantizer']!r}: choose auto, flat or hnsw")
     if p["quantizer"] == "hnsw":
         quantizer = faiss.IndexHNSWFlat(dim, int(p["quantizer_m"]), faiss.METRIC_INNER_PRODUCT)
         quantizer.hnsw.efConstruction = 40

@@ -14,7 +14,7 @@ import numpy as np
 
 @dataclass
 class Ranked:
-    """``images [N] int`` best first, ``scores [N] float32``; ``pairs[i]``: ``[(query_seg, map_seg, sim)]``
+    """``images [N] int64`` best first, ``scores [N] float32``; ``pairs[i]``: ``[(query_seg, map_seg, sim)]``
     of image ``images[i]``, best first; ``match_sim``: mean over query segments of their best hit's
     raw similarity (how well the frame matches the map at all); after spatial verification
     (runtime/steps/verification.py) ``inliers [N] int`` (-1: not verified) and ``checks`` (one
