@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scale  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # the checkout: benchmarks.* as modules
+from benchmarks import scale  # noqa: E402
+from benchmarks.compare import boot_ci  # noqa: E402
 from segvlad_edge.runtime.inputs.images import list_images, load_image  # noqa: E402
 from segvlad_edge.runtime.localizer import Localizer  # noqa: E402
 
 NEIGHBOURS = 2          # frames this close to one the settings were chosen on are not held out
-BOOT = 2000
 
 
 def held_out_frames(n: int) -> list[Path]:
@@ -49,9 +48,8 @@ def frame_recalls(map_path: str, frames: list[Path], threads: int) -> np.ndarray
 
 
 def interval(x: np.ndarray, sign: str = "") -> str:
-    """Mean of ``x [F]`` with its 95% percentile bootstrap interval over frames."""
-    means = x[np.random.default_rng(0).integers(0, len(x), (BOOT, len(x)))].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
+    """Mean of ``x [F]`` with its 95% bootstrap interval over frames (``compare.boot_ci``)."""
+    lo, hi = boot_ci(x, np.random.default_rng(0))
     return f"{x.mean():{sign}.4f} [{lo:{sign}.4f}, {hi:{sign}.4f}]"
 
 
