@@ -16,7 +16,8 @@ way (segment search, verification of the shortlist, confidence):
   brightness and gamma 1.5 (answered share and Recall@1 among the answered).
 
 Printed per set and threshold: the share answered; then the default threshold's row pooled
-over the sets, and the quantiles of the verified inliers of each kind of frame.
+over the sets, the quantiles of the verified inliers of each kind of frame, and how far (in map
+images) the wrong answers to in-map queries of the sequences lie from the nearest correct image.
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def main():
     print(f"{'map':18s} {'threshold':>9s} " + " ".join(f"{k:>8s}" for k in KINDS) + f" {'R@1 ans':>7s} {'R@1 all':>7s}")
     pooled = {k: [] for k in KINDS}
     saved = {}
+    beyond = []     # wrong answers to in-map queries on the sequences: how far from the nearest correct image
     for name in a.sets:
         ds = load_dataset(root / name)
         others = [p for s in SETS if s != name for p in list_images(root / s)
@@ -98,6 +100,8 @@ def main():
             pos = sorted(ds.positives[qi])
             c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own)
             rows["in map"].append((c, top in ds.positives[qi], inl, rival))
+            if ds.query_map_index is None and c >= NO_MATCH_BELOW and top not in ds.positives[qi]:
+                beyond.append(min(abs(top - p) for p in pos))
             c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own + pos)
             rows["removed"].append((c, False, inl, rival))
             near = ds.query_map_index is None and top >= 0 and min(abs(top - p) for p in pos) <= WINDOW
@@ -121,6 +125,11 @@ def main():
     for k in KINDS:
         inl = np.asarray([r[2] for r in pooled[k]])
         print(f"  {k:8s} " + "/".join(f"{np.percentile(inl, p):.0f}" for p in (10, 50, 90)) + f"  ({len(inl)} frames)")
+    bins = [(1, 1), (2, 2), (3, 3), (4, 9), (10, None)]
+    counts = [sum(lo <= b and (hi is None or b <= hi) for b in beyond) for lo, hi in bins]
+    print("\nwrong in-map answers (default threshold) on the sequences, map images from the nearest correct one: "
+          + ", ".join(f"{lo}{'' if hi == lo else '+' if hi is None else f'-{hi}'}: {n}" for (lo, hi), n in zip(bins, counts))
+          + f" ({len(beyond)} answers)")
     if a.save:
         np.savez(a.save, **saved)
 

@@ -47,10 +47,10 @@ class Settings:
     # RANSAC inliers of mutual-NN matches of PCA-coded patches; 0 turns it off
     verify_top: int = setting(10, Int(0, 100))
     verify_dims: int = setting(64, Int(2, 1024))          # dimensions of the stored patch codes
-    verify_model: str = setting("similarity", Str(("similarity", "affine")))
+    verify_model: str = setting("affine", Str(("similarity", "affine")))
     verify_threshold: float = setting(1.5, Float(0.1, 100))   # RANSAC reprojection threshold, patches
     verify_min_sim: float = setting(0.0, Float(-1, 1))    # mutual-NN matches below this cosine are dropped
-    verify_gain: float = setting(1.5, Float(1, 100))      # another candidate replaces the first with > gain x its inliers
+    verify_gain: float = setting(1.25, Float(1, 100))     # another candidate replaces the first with > gain x its inliers
 
     def __post_init__(self):
         check_fields(self)

@@ -4,12 +4,15 @@ on one 2D transform?
 Each map image keeps compact patch codes: its DINOv2 patch features projected by a PCA fitted
 on the map's patches (``PatchCoder``, ``[C] -> [d]``, unit norm, float16), one row per patch of
 the engine's grid, so the positions are implicit. A frame's codes are matched to a candidate's
-by mutual nearest neighbours (cosine, at least ``min_sim``); a RANSAC fit of a 2D model
-(``cv2.estimateAffinePartial2D``: rotation, uniform scale, translation; or a full affine)
-with a ``threshold`` in patch units counts the matches that agree. The inlier count re-ranks
-the shortlist (a candidate overtakes the retrieval's first only with more than ``gain`` times
-its inliers: on the shared sets a plain re-rank by inliers lost Recall@1, this rule gained,
-``benchmarks/compare.py``) and is the evidence the confidence is made of (runtime/steps/confidence.py).
+by mutual nearest neighbours (cosine, at least ``min_sim``); a RANSAC fit of a 2D model with a
+``threshold`` in patch units counts the matches that agree: a full affine
+(``cv2.estimateAffine2D``, the default: a scene seen from aside is sheared, not only turned
+and scaled) or a similarity (``cv2.estimateAffinePartial2D``: rotation, uniform scale,
+translation). The inlier count re-ranks the shortlist -- a candidate overtakes the retrieval's
+first only with more than ``gain`` times its inliers: in a sequence the frame a few steps on
+often verifies as well as the right one, so a plain re-rank by inliers loses Recall@1 there
+(``benchmarks/compare.log``) -- and is the evidence the confidence is made of
+(runtime/steps/confidence.py).
 
 Classic retrieval does the same with local features and visual words (Philbin et al., CVPR
 2007). The map side is read only for the shortlist, so a bundle stores the codes
@@ -76,7 +79,7 @@ def mutual_matches(sims: np.ndarray, min_sim: float) -> tuple[np.ndarray, np.nda
     return qi, best_m[qi]
 
 
-def fit_inliers(qi: np.ndarray, mi: np.ndarray, positions: np.ndarray, model: str = "similarity",
+def fit_inliers(qi: np.ndarray, mi: np.ndarray, positions: np.ndarray, model: str = "affine",
                 threshold: float = 1.5, min_matches: int = 4) -> Verification:
     """Matched patches ``qi``/``mi`` on the same patch grid (``positions [P, 2]``) -> inliers of a
     RANSAC fit of ``model`` (``threshold`` in patch units; deterministic: OpenCV's fixed seed)."""
@@ -93,7 +96,7 @@ def fit_inliers(qi: np.ndarray, mi: np.ndarray, positions: np.ndarray, model: st
 
 
 def verify_shortlist(q_codes: np.ndarray, map_codes: np.ndarray, candidates, grid: tuple[int, int],
-                     model: str = "similarity", threshold: float = 1.5, min_sim: float = 0.0) -> list[Verification]:
+                     model: str = "affine", threshold: float = 1.5, min_sim: float = 0.0) -> list[Verification]:
     """``q_codes [P, d]``, ``map_codes [I, P, d] float16`` (memory-mapped: only the candidates'
     rows are read) -> one Verification per candidate map image index, in the given order."""
     cand = [int(i) for i in candidates]
