@@ -17,7 +17,9 @@ way (segment search, verification of the shortlist, confidence):
 
 Printed per set and threshold: the share answered; then the default threshold's row pooled
 over the sets, the quantiles of the verified inliers of each kind of frame, and how far (in map
-images) the wrong answers to in-map queries of the sequences lie from the nearest correct image.
+images) the wrong answers to in-map queries of the sequences lie from the nearest correct image
+(sets whose queries are not map images -- corridor and gardens_point_day -- are taken as
+sequences, their map images in capture order).
 """
 from __future__ import annotations
 

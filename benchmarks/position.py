@@ -11,12 +11,16 @@ share of queries answered (confident match, which is when a position is given), 
 (top-1, the baseline the estimator must beat, on the same queries), a paired bootstrap 95%
 interval of the mean error difference (estimate - top-1; below 0 = the estimator is better),
 how often the error is within 2 sigma_m, and the temporal filter's position (``--filter``) over
-all queries in order. Rankings are cached (``--cache``), so the closing sweep of the estimator's
-two settings (agreement radius in map spacings, candidates) over both sets costs no engine time.
+all queries in order. Maps and rankings are cached (``--cache``, under a tag of the default
+settings and answer levels, so a change of either builds afresh), so the closing sweep of the
+estimator's two settings (agreement radius in map spacings, candidates) over both sets costs no
+engine time.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -29,10 +33,13 @@ from segvlad_edge.runtime.inputs.images import list_images, load_image
 from segvlad_edge.runtime.localizer import RANK_DEPTH, Localizer
 from segvlad_edge.runtime.pipeline import make_pipeline
 from segvlad_edge.runtime.settings import CONFS
+from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS, NO_MATCH_BELOW
 from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
 SETS = {"corridor": ("ref", "query"), "gardens_point_day": ("day_left", "day_right")}
 KEEP = RANK_DEPTH                           # ranked images cached per query: the whole ranking
+TAG = hashlib.sha256(json.dumps([CONFS["segvlad"].to_json(), ANSWER_INLIERS, NO_MATCH_BELOW],
+                                sort_keys=True).encode()).hexdigest()[:12]   # what the cached maps and rankings depend on
 
 
 def number(name: str) -> int:
@@ -55,8 +62,8 @@ def rankings(name: str, root: Path, cache: Path, threads: int) -> tuple[Localize
     """Per query in order (frames with a ranking): truth, confident?, the ranked images/scores (all
     ``RANK_DEPTH`` <= KEEP of them, -1 / 0 padded: what the temporal filter sees)."""
     map_dir, query_dir = SETS[name]
-    loc = Localizer.from_bundle(build(root, map_dir, cache / f"{name}.segmap", threads), threads=threads)
-    path = cache / f"{name}.rankings.npz"
+    loc = Localizer.from_bundle(build(root, map_dir, cache / f"{name}-{TAG}.segmap", threads), threads=threads)
+    path = cache / f"{name}-{TAG}.rankings.npz"
     if path.exists():
         return loc, dict(np.load(path))
     rows = {"truth": [], "confident": [], "images": [], "scores": []}

@@ -179,7 +179,7 @@ class Localizer:
             if not self._find_corrupt(ranked.images[:top]):
                 raise
             return self.verify(ranked, codes, top)
-        return rerank_by_inliers(ranked, checks, float(s.get("verify_gain", 1.0)))
+        return rerank_by_inliers(ranked, checks, float(s["verify_gain"]))
 
     def _find_corrupt(self, images) -> bool:
         """Which of ``images`` have verification codes that fail their block checksum (bundle format
@@ -211,7 +211,7 @@ class Localizer:
             if meta:
                 entry["meta"] = meta
             entries.append(entry)
-        conf = confidence(ranked, self.calib)
+        conf = confidence(ranked, self.calib, self.meta["settings"]["verify_model"])
         match = entries[0] if entries and conf >= self.min_confidence else None
         position = self.positions.estimate(ranked.images, ranked.scores) if match and self.positions else None
         return Answer(entries, ranked.pairs[:top], {k: round(v, 2) for k, v in ms.items()}, segments, conf, match,

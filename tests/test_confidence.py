@@ -18,9 +18,9 @@ def test_confidence_is_the_share_of_no_match_scores_below():
     ranked = Ranked(np.array([10, 40]), np.array([8.0, 2.0]), match_sim=0.5)
     assert match_score(ranked) == pytest.approx(0.75 * 0.5)
     calib = np.array([0.1, 0.2, 0.3, 0.4, 0.5], np.float32)
-    assert confidence(ranked, calib) == 0.6                        # 0.375 beats 0.1, 0.2, 0.3
-    assert confidence(Ranked(np.array([1]), np.array([3.0]), match_sim=0.01), calib) == 0
-    assert confidence(ranked, None) == 0.75                        # no calibration: the raw margin
+    assert confidence(ranked, calib, "affine") == 0.6              # 0.375 beats 0.1, 0.2, 0.3
+    assert confidence(Ranked(np.array([1]), np.array([3.0]), match_sim=0.01), calib, "affine") == 0
+    assert confidence(ranked, None, "affine") == 0.75              # no calibration: the raw margin
 
 
 def test_held_back_calibration_and_no_match_frames(corridor_bundle, engines_dir, datasets):
@@ -88,14 +88,39 @@ def test_temporal_filter_gets_lost_after_a_run_of_refusals_and_recovers():
     assert not f.lost and best in (60, 61)
 
 
-def test_verified_confidence_grows_with_inliers_and_is_the_threshold_at_the_answer_level():
+@pytest.mark.parametrize("model", ["similarity", "affine"])
+def test_verified_confidence_grows_with_inliers_and_is_the_threshold_at_the_answer_level(model):
     from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS, NO_MATCH_BELOW
+
+    level = ANSWER_INLIERS[model]
 
     def conf(inliers):
         r = Ranked(np.array([3, 40]), np.array([5.0, 1.0]), match_sim=0.5, inliers=np.array([inliers, 2]))
-        return confidence(r, np.array([0.9, 0.95], np.float32))          # the margin calibration is not used
+        return confidence(r, np.array([0.9, 0.95], np.float32), model)   # the margin calibration is not used
 
-    values = [conf(i) for i in (0, 5, ANSWER_INLIERS - 1, ANSWER_INLIERS, 4 * ANSWER_INLIERS, 500)]
+    values = [conf(i) for i in (0, 5, level - 1, level, 4 * level, 500)]
     assert values[0] == 0 and values == sorted(values) and values[-1] > 0.99
     assert values[2] < NO_MATCH_BELOW == values[3]                      # the default threshold: T inliers
-    assert conf(ANSWER_INLIERS // 2) < 0.2
+    assert conf(level // 2) < 0.2
+    assert ANSWER_INLIERS["affine"] > ANSWER_INLIERS["similarity"]      # more freedom, more chance agreement
+
+
+def test_a_map_is_verified_and_answered_with_its_own_stored_settings(corridor_bundle, engines_dir, monkeypatch):
+    """A map keeps the verification it was built with: model, threshold and overtaking rule from its
+    header, and the answer level of its model (maps built before the affine default stay similarity)."""
+    from segvlad_edge.runtime import localizer as L
+    from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS, NO_MATCH_BELOW
+
+    loc = L.Localizer.from_bundle(corridor_bundle, engines_dir)
+    assert loc.meta["settings"]["verify_model"] == "affine" and loc.meta["settings"]["verify_gain"] == 1.25
+    seen = {}
+    real_verify, real_rerank = L.verify_shortlist, L.rerank_by_inliers
+    monkeypatch.setattr(L, "verify_shortlist", lambda *a, **k: seen.update(k) or real_verify(*a, **k))
+    monkeypatch.setattr(L, "rerank_by_inliers", lambda r, c, gain: seen.update(gain=gain) or real_rerank(r, c, gain))
+    ranked = Ranked(np.array([3, 40]), np.array([5.0, 1.0]), [[], []], 0.5, np.array([ANSWER_INLIERS["similarity"], 2]))
+    for model, gain, threshold in (("similarity", 1.5, 2.0), ("affine", 1.25, 1.5)):
+        loc.meta["settings"].update(verify_model=model, verify_gain=gain, verify_threshold=threshold)
+        loc.verify(loc.rank_descriptors(loc.bundle.arrays["descriptors"][:5], top=10), np.ones((192, 64), np.float16))
+        assert (seen["model"], seen["threshold"], seen["gain"]) == (model, threshold, gain)
+        conf = loc.answer(ranked, {}, 1, 1).confidence                   # 16 inliers: a similarity map's level
+        assert (conf == NO_MATCH_BELOW) if model == "similarity" else (conf < NO_MATCH_BELOW)

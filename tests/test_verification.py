@@ -82,3 +82,22 @@ def test_patch_coder_keeps_the_principal_directions():
     codes = coder.codes(x).astype(np.float32)
     assert codes.shape == (2000, 4) and np.allclose(np.linalg.norm(codes, axis=1), 1, atol=1e-2)
     assert np.allclose(np.linalg.norm(coder.components @ basis.T, axis=1), 1, atol=1e-3)   # spans the planted subspace
+
+
+def test_an_affine_fit_follows_a_sheared_view_that_a_similarity_fit_cannot():
+    """A planar scene seen from aside is sheared in the image: every planted match agrees with one
+    affine map (x' = x + 0.4 y + 1, y' = y), which no rotation + uniform scale fits."""
+    rng = np.random.default_rng(4)
+    h, w = GRID
+    q = unit(rng.standard_normal((h * w, 64)))
+    m = unit(rng.standard_normal((h * w, 64)))
+    pos = patch_positions(GRID).astype(int)
+    x2 = np.rint(pos[:, 0] + 0.4 * pos[:, 1] + 1).astype(int)
+    src = rng.choice(np.flatnonzero(x2 < w), 120, replace=False)
+    dst = pos[src, 1] * w + x2[src]
+    m[dst] = q[src]
+    codes = m[None].astype(np.float16)
+    (aff,) = verify_shortlist(q, codes, [0], GRID, model="affine", threshold=1.5, min_sim=0.9)
+    (sim,) = verify_shortlist(q, codes, [0], GRID, model="similarity", threshold=1.5, min_sim=0.9)
+    assert aff.matches == sim.matches == 120
+    assert aff.inliers >= 110 and sim.inliers < 0.7 * aff.inliers, (aff.inliers, sim.inliers)

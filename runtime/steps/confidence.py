@@ -2,19 +2,21 @@
 
 Verified maps (the default): the evidence is the number of verified inliers of the answer
 (runtime/steps/verification.py), ``confidence = 1 / (1 + a (T / inliers) ** STEEPNESS)``, with ``T =
-ANSWER_INLIERS`` the inliers that make ``NO_MATCH_BELOW``. Chance agreement does not grow with
+ANSWER_INLIERS[verify_model]`` the inliers that make ``NO_MATCH_BELOW``. Chance agreement does not grow with
 the patch grid: frames of gardens_point_day against a corridor map have 5/6.5/11 inliers on the
 224x168 engine (192 patches), as on the 448x336 one (measured with the similarity model), so
 ``T`` is one number. Measured with ``python -m benchmarks.confidence`` (448x336, affine model,
 the three shared sets pooled, ``benchmarks/confidence.log``): the best answer of a frame of a
 place in no map has 8/10/13 inliers (p10/p50/p90, 306 frames), an in-map query 11/56/99 (403).
-``T`` = 18 keeps the margin over the foreign p90 that 16 had with the similarity model (whose
-foreign p90 was 11): no foreign frame and 3% of darkened frames are answered, against 81% of
-in-map queries. Inliers cannot tell a place from its neighbour a few metres on: a query whose
-correct images were removed from a sequential map still matches the next ones (70% answered),
-and the in-map answers that are wrong are mostly such neighbours, 3-5 frames beyond the +-2 the
-ground truth accepts; a threshold on the ratio to the best far rival would refuse those at the
-price of half the in-map answers, so it is not used.
+An affine fit's two more degrees of freedom agree by chance more (the foreign p90 was 11 with
+the similarity model), so its ``T`` is 18, keeping the margin over the foreign p90 that 16 has
+for the similarity model (maps built with it keep 16): no foreign frame and 3% of darkened
+frames are answered, against 81% of in-map queries. Inliers cannot tell a place from its
+neighbour a few metres on: a query whose correct images were removed from a sequential map
+still matches the next ones (70% answered), and of the wrong answers to in-map queries on the
+sequences, 23 of 35 lie one or two map images beyond the +-2 the ground truth accepts; a
+threshold on the ratio to the best far rival would refuse those at the price of half the in-map
+answers, so it is not used.
 Held-back calibration (map images localised with their place removed) overestimates the no-match
 level on dense sequences for the same reason (corridor: p50 165 inliers), so verified maps use a
 fixed level.
@@ -35,7 +37,7 @@ HELD_BACK = 200
 WINDOW = 2
 NO_MATCH_BELOW = 0.7
 RANK_DEPTH = 4 * WINDOW + 2     # images ranked per frame (margin rivals, temporal filter, verification)
-ANSWER_INLIERS = 18             # verified inliers that make NO_MATCH_BELOW
+ANSWER_INLIERS = {"similarity": 16, "affine": 18}   # verified inliers that make NO_MATCH_BELOW, per RANSAC model
 STEEPNESS = 4.0
 
 
@@ -79,9 +81,10 @@ def top_inliers(ranked) -> int:
     return max(int(ranked.inliers[0]), 0)
 
 
-def confidence(ranked, calib: np.ndarray | None, window: int = WINDOW) -> float:
+def confidence(ranked, calib: np.ndarray | None, model: str, window: int = WINDOW) -> float:
     """A ranking -> confidence in [0, 1]. Verified rankings: ``1 / (1 + a (T / inliers) ** STEEPNESS)``
-    with ``T = ANSWER_INLIERS`` and ``a`` such that ``T`` inliers give ``NO_MATCH_BELOW``;
+    with ``T = ANSWER_INLIERS[model]`` (the map's ``verify_model``) and ``a`` such that ``T``
+    inliers give ``NO_MATCH_BELOW``;
     others: the share of the map's no-match scores below the frame's match score (the raw margin
     without a calibration)."""
     if ranked.inliers is not None:
@@ -89,7 +92,7 @@ def confidence(ranked, calib: np.ndarray | None, window: int = WINDOW) -> float:
         if inl == 0:
             return 0.0
         a = (1 - NO_MATCH_BELOW) / NO_MATCH_BELOW
-        return round(1.0 / (1.0 + a * (ANSWER_INLIERS / inl) ** STEEPNESS), 4)
+        return round(1.0 / (1.0 + a * (ANSWER_INLIERS[model] / inl) ** STEEPNESS), 4)
     if calib is None or len(calib) == 0:
         return round(place_margin(ranked.images, ranked.scores, window), 4)
     return round(float(np.searchsorted(calib, match_score(ranked, window), side="left")) / len(calib), 4)

@@ -95,20 +95,26 @@ def fit_inliers(qi: np.ndarray, mi: np.ndarray, positions: np.ndarray, model: st
     return Verification(int(inl.sum()), len(qi), np.stack([qi[inl], mi[inl]], axis=1))
 
 
-def verify_shortlist(q_codes: np.ndarray, map_codes: np.ndarray, candidates, grid: tuple[int, int],
-                     model: str = "affine", threshold: float = 1.5, min_sim: float = 0.0) -> list[Verification]:
+def shortlist_matches(q_codes: np.ndarray, map_codes: np.ndarray, candidates,
+                      min_sim: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``q_codes [P, d]``, ``map_codes [I, P, d] float16`` (memory-mapped: only the candidates'
-    rows are read) -> one Verification per candidate map image index, in the given order."""
+    rows are read) -> the mutual matches ``(qi, mi)`` with each candidate map image, in order."""
     cand = [int(i) for i in candidates]
     if not cand:
         return []
     q = np.asarray(q_codes, np.float32)
     m = np.asarray(map_codes[cand], np.float32)                     # [N, P, d]
+    return [mutual_matches(q @ m[j].T, min_sim) for j in range(len(cand))]
+
+
+def verify_shortlist(q_codes: np.ndarray, map_codes: np.ndarray, candidates, grid: tuple[int, int],
+                     model: str = "affine", threshold: float = 1.5, min_sim: float = 0.0) -> list[Verification]:
+    """``shortlist_matches`` -> one Verification per candidate map image index, in the given order."""
     pos = patch_positions(grid)
-    return [fit_inliers(*mutual_matches(q @ m[j].T, min_sim), pos, model, threshold) for j in range(len(cand))]
+    return [fit_inliers(qi, mi, pos, model, threshold) for qi, mi in shortlist_matches(q_codes, map_codes, candidates, min_sim)]
 
 
-def rerank_by_inliers(ranked, checks: list[Verification], gain: float = 1.5):
+def rerank_by_inliers(ranked, checks: list[Verification], gain: float):
     """A ranking (runtime.ranking.Ranked) whose first ``len(checks)`` images were verified ->
     the same ranking with those images ordered by inliers (ties keep their retrieval order), except
     that the retrieval's first image stays first unless another has more than ``gain`` times its
