@@ -635,7 +635,7 @@ def inspect_cmd(map_path):
                "SuperSegments grown into the same region)")
     if "verify_codes" in b.arrays:
         click.echo(f"  verification: top {s['verify_top']}, {b.arrays['verify_codes'].shape[2]}-dim patch codes, "
-                   f"{s['verify_model']} RANSAC at {s['verify_threshold']} patches, "
+                   f"{s['verify_model']} RANSAC at {s['verify_threshold']} patches, overtaking at {s['verify_gain']}x inliers, "
                    f"{b.arrays['verify_codes'][0].nbytes / 1024:.1f} KiB/image memory-mapped")
     for name, a in b.arrays.items():
         click.echo(f"  {name:20s} {a.dtype.name:8s} {'x'.join(map(str, a.shape)):>14s}  {a.nbytes / 1024:9.1f} KiB")

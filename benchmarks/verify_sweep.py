@@ -36,7 +36,8 @@ from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.inputs.datasets import load_dataset
 from segvlad_edge.runtime.settings import CONFS
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
-from segvlad_edge.runtime.steps.verification import fit_inliers, patch_positions, rerank_by_inliers, shortlist_matches
+from segvlad_edge.runtime.steps.verification import (ESTIMATORS, fit_inliers, patch_positions, rerank_by_inliers,
+                                                     shortlist_matches)
 
 
 def shortlists(ds, feats, seed, ext, frames=None) -> tuple[list, np.ndarray, dict]:
@@ -74,7 +75,7 @@ def main():
     ap.add_argument("--datasets", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     ap.add_argument("--sets", nargs="+", default=list(SETS))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--models", nargs="+", default=["similarity", "affine"])
+    ap.add_argument("--models", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS))
     ap.add_argument("--thresholds", nargs="+", type=float, default=[1.5, 2.0, 2.5])
     ap.add_argument("--gains", nargs="+", type=float, default=[1.0, 1.15, 1.25, 1.35, 1.5, 2.0])
     ap.add_argument("--baseline", nargs=3, default=["similarity", "1.5", "1.5"], metavar=("MODEL", "THR", "GAIN"),

@@ -101,3 +101,5 @@ def test_an_affine_fit_follows_a_sheared_view_that_a_similarity_fit_cannot():
     (sim,) = verify_shortlist(q, codes, [0], GRID, model="similarity", threshold=1.5, min_sim=0.9)
     assert aff.matches == sim.matches == 120
     assert aff.inliers >= 110 and sim.inliers < 0.7 * aff.inliers, (aff.inliers, sim.inliers)
+    with pytest.raises(ValueError, match="unknown verification model 'homography'"):
+        verify_shortlist(q, codes, [0], GRID, model="homography")

@@ -66,6 +66,30 @@ def test_kmeans_separates_clusters_deterministically_and_degenerates_gracefully(
         kmeans(x[:2], 3, 8, seed=0)
 
 
+def test_a_small_kmeans_runs_on_one_thread_and_leaves_the_thread_count_as_it_was(monkeypatch):
+    """A frame's k-means runs on one OpenMP thread (several only wait on each other when other
+    processes share the cores); a large one keeps them all; the caller's setting is restored."""
+    import faiss
+
+    from segvlad_edge.runtime.steps import kmeans as K
+
+    seen = []
+    train = faiss.Kmeans.train
+    monkeypatch.setattr(faiss.Kmeans, "train", lambda self, x, *a, **k: seen.append(faiss.omp_get_max_threads())
+                        or train(self, x, *a, **k))
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        x = np.random.default_rng(0).standard_normal((K.ONE_THREAD_UP_TO + 1, 4)).astype(np.float32)
+        small = kmeans(x[:768], 8, 2, seed=0)
+        kmeans(x, 2, 1, seed=0)
+        assert seen == [1, 2] and faiss.omp_get_max_threads() == 2
+        faiss.omp_set_num_threads(1)
+        np.testing.assert_array_equal(kmeans(x[:768], 8, 2, seed=0)[1], small[1])    # same answer on any count
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_pca_float16_unit_rows_and_projection():
     rng = np.random.default_rng(2)
     basis = np.linalg.qr(rng.standard_normal((64, 5)))[0].T

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MODELS = ("similarity", "affine")
+ESTIMATORS = {"similarity": cv2.estimateAffinePartial2D, "affine": cv2.estimateAffine2D}   # the 2D models
 
 
 class PatchCoder:
@@ -83,10 +83,12 @@ def fit_inliers(qi: np.ndarray, mi: np.ndarray, positions: np.ndarray, model: st
                 threshold: float = 1.5, min_matches: int = 4) -> Verification:
     """Matched patches ``qi``/``mi`` on the same patch grid (``positions [P, 2]``) -> inliers of a
     RANSAC fit of ``model`` (``threshold`` in patch units; deterministic: OpenCV's fixed seed)."""
+    if model not in ESTIMATORS:
+        raise ValueError(f"unknown verification model {model!r}; choose from {', '.join(ESTIMATORS)}")
     none = Verification(0, len(qi), np.zeros((0, 2), np.int64))
     if len(qi) < min_matches:
         return none
-    estimate = cv2.estimateAffinePartial2D if model == "similarity" else cv2.estimateAffine2D
+    estimate = ESTIMATORS[model]
     _, mask = estimate(positions[qi], positions[mi], method=cv2.RANSAC, ransacReprojThreshold=threshold,
                        maxIters=500, confidence=0.99, refineIters=0)
     if mask is None:
