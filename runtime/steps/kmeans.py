@@ -18,10 +18,11 @@ from contextlib import contextmanager
 import numpy as np
 
 # Points up to which a k-means runs on one OpenMP thread. featclust clusters one frame's 768
-# patches per frame: on an idle machine one or two threads take the same 3.4 ms, but while other
-# processes use the cores (a robot's other nodes) faiss's two threads wait on each other at every
-# step, 322 ms against 6.9 ms on one (k = 8, 8 iterations, best of 2, 768 x 386, this machine with
-# two busy-looping processes beside it). The vocabulary fit (100k patches) keeps every thread.
+# patches per frame: on an idle machine one thread takes 3.4-3.5 ms and two 3.4-9.9 ms, but while
+# other processes use the cores (a robot's other nodes) faiss's two threads wait on each other at
+# every step: 519-552 ms against 3.6-7.5 ms on one (``python -m benchmarks.kmeans_threads``, two
+# busy-looping processes beside it, this 2-core machine). The vocabulary fit (100k patches) keeps
+# every thread.
 ONE_THREAD_UP_TO = 20_000
 
 
