@@ -61,6 +61,7 @@ def main():
         finally:
             for p in procs:
                 p.terminate()
+                p.join()
         print(f"{label:18s} 1 thread {one:8.1f} ms   {a.threads} threads {many:8.1f} ms per frame", flush=True)
 
 

@@ -103,3 +103,14 @@ def test_an_affine_fit_follows_a_sheared_view_that_a_similarity_fit_cannot():
     assert aff.inliers >= 110 and sim.inliers < 0.7 * aff.inliers, (aff.inliers, sim.inliers)
     with pytest.raises(ValueError, match="unknown verification model 'homography'"):
         verify_shortlist(q, codes, [0], GRID, model="homography")
+
+
+def test_the_verification_models_are_the_same_in_settings_verifier_and_answer_levels():
+    import dataclasses
+
+    from segvlad_edge.runtime.settings import Settings
+    from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS
+    from segvlad_edge.runtime.steps.verification import ESTIMATORS
+
+    spec = next(f.metadata["spec"] for f in dataclasses.fields(Settings) if f.name == "verify_model")
+    assert set(spec.choices) == set(ESTIMATORS) == set(ANSWER_INLIERS)

@@ -68,7 +68,8 @@ def test_kmeans_separates_clusters_deterministically_and_degenerates_gracefully(
 
 def test_a_small_kmeans_runs_on_one_thread_and_leaves_the_thread_count_as_it_was(monkeypatch):
     """A frame's k-means runs on one OpenMP thread (several only wait on each other when other
-    processes share the cores); a large one keeps them all; the caller's setting is restored."""
+    processes share the cores); a large one keeps them all; the caller's setting is restored; the
+    answer does not depend on the thread count."""
     import faiss
 
     from segvlad_edge.runtime.steps import kmeans as K
@@ -78,14 +79,17 @@ def test_a_small_kmeans_runs_on_one_thread_and_leaves_the_thread_count_as_it_was
     monkeypatch.setattr(faiss.Kmeans, "train", lambda self, x, *a, **k: seen.append(faiss.omp_get_max_threads())
                         or train(self, x, *a, **k))
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(2)
+    faiss.omp_set_num_threads(3)
     try:
         x = np.random.default_rng(0).standard_normal((K.ONE_THREAD_UP_TO + 1, 4)).astype(np.float32)
-        small = kmeans(x[:768], 8, 2, seed=0)
+        one = kmeans(x[:768], 8, 2, seed=0)
         kmeans(x, 2, 1, seed=0)
-        assert seen == [1, 2] and faiss.omp_get_max_threads() == 2
-        faiss.omp_set_num_threads(1)
-        np.testing.assert_array_equal(kmeans(x[:768], 8, 2, seed=0)[1], small[1])    # same answer on any count
+        assert seen == [1, 3] and faiss.omp_get_max_threads() == 3
+        monkeypatch.setattr(K, "ONE_THREAD_UP_TO", 0)                   # the same frame on three threads
+        three = kmeans(x[:768], 8, 2, seed=0)
+        assert seen[-1] == 3
+        np.testing.assert_array_equal(three[1], one[1])
+        np.testing.assert_array_equal(three[0], one[0])
     finally:
         faiss.omp_set_num_threads(before)
 

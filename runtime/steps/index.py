@@ -218,7 +218,7 @@ class SegmentIndex:
         """A faiss kind: ``rerank x k`` candidates by the compressed codes, re-scored exactly."""
         idx = self.prepare()
         faiss = _faiss()
-        before = faiss.omp_get_max_threads()            # process-wide: given back, so later builds keep theirs
+        before = faiss.omp_get_max_threads()            # this thread's setting: given back, so later builds keep theirs
         faiss.omp_set_num_threads(self.threads if self.threads > 0 else SEARCH_THREADS)
         try:
             cand = self._candidates(idx, q, k)
