@@ -29,20 +29,19 @@ def per_frame_ms(x: np.ndarray, frames: int, threads: int) -> float:
     """Median ms of ``frames`` k-means fits of one frame with ``threads`` OpenMP threads."""
     import faiss
 
-    limit, before = K.ONE_THREAD_UP_TO, faiss.omp_get_max_threads()
+    limit = K.ONE_THREAD_UP_TO
     K.ONE_THREAD_UP_TO = len(x) if threads == 1 else 0        # which path the product's rule takes
-    faiss.omp_set_num_threads(threads)
     try:
-        K.kmeans(x, 8, 8, seed=0, restarts=2)                   # warm-up
-        times = []
-        for seed in range(frames):
-            t = time.perf_counter()
-            K.kmeans(x, 8, 8, seed=seed, restarts=2)
-            times.append(1e3 * (time.perf_counter() - t))
+        with K.omp_threads(faiss, threads):
+            K.kmeans(x, 8, 8, seed=0, restarts=2)               # warm-up
+            times = []
+            for seed in range(frames):
+                t = time.perf_counter()
+                K.kmeans(x, 8, 8, seed=seed, restarts=2)
+                times.append(1e3 * (time.perf_counter() - t))
         return float(np.median(times))
     finally:
         K.ONE_THREAD_UP_TO = limit
-        faiss.omp_set_num_threads(before)
 
 
 def main():

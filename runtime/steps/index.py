@@ -53,6 +53,7 @@ import numpy as np
 
 from segvlad_edge.errors import require
 from segvlad_edge.runtime.mapfiles.bundle import BundleError
+from segvlad_edge.runtime.steps.kmeans import omp_threads
 
 KINDS = ("hnsw", "hnswsq", "ivfpq")
 KIND_NAMES = {"hnsw": "HNSW", "hnswsq": "HNSW-SQ", "ivfpq": "IVF-PQ"}     # as messages and reports name them
@@ -217,13 +218,9 @@ class SegmentIndex:
     def _rescored_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """A faiss kind: ``rerank x k`` candidates by the compressed codes, re-scored exactly."""
         idx = self.prepare()
-        faiss = _faiss()
-        before = faiss.omp_get_max_threads()            # this thread's setting: given back, so later builds keep theirs
-        faiss.omp_set_num_threads(self.threads if self.threads > 0 else SEARCH_THREADS)
-        try:
+        # the search's threads, given back after it, so later builds keep theirs
+        with omp_threads(_faiss(), self.threads if self.threads > 0 else SEARCH_THREADS):
             cand = self._candidates(idx, q, k)
-        finally:
-            faiss.omp_set_num_threads(before)
         return self._exact(q, k, rows=cand)
 
     def _candidates(self, idx, q: np.ndarray, k: int) -> np.ndarray:

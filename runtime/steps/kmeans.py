@@ -49,7 +49,8 @@ def kmeans(x: np.ndarray, k: int, iters: int, seed: int, spherical: bool = False
 
 @contextmanager
 def omp_threads(faiss, n: int | None):
-    """faiss's OpenMP threads set to ``n`` inside the block (None: left as they are), restored after."""
+    """faiss's OpenMP threads (the calling thread's setting) set to ``n`` inside the block (None:
+    left as they are), restored after; also used by the index search (runtime/steps/index.py)."""
     before = faiss.omp_get_max_threads()
     if n is not None:
         faiss.omp_set_num_threads(n)
