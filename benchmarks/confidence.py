@@ -1,6 +1,6 @@
 """Does "no match" hold? Frames whose place is in the map vs frames whose place is not.
 
-    python -m benchmarks.confidence [--sets corridor gardens_point_day wxbs] [--seed 0]
+    python -m benchmarks.confidence [--sets corridor gardens_point_day wxbs] [--seeds 3]
 
 For each labelled set a map of its map images is built in memory from cached DINOv2 features
 (benchmarks/featcache.py) with the default settings, and frames are localised the product's
@@ -15,11 +15,14 @@ way (segment search, verification of the shortlist, confidence):
 - ``blurred`` / ``dark``: 30 in-map queries with horizontal motion blur (21 px) / at 25%
   brightness and gamma 1.5 (answered share and Recall@1 among the answered).
 
-Printed per set and threshold: the share answered; then the default threshold's row pooled
-over the sets, the quantiles of the verified inliers of each kind of frame, and how far (in map
-images) the wrong answers to in-map queries of the sequences lie from the nearest correct image
-(sets whose queries are not map images -- corridor and gardens_point_day -- are taken as
-sequences, their map images in capture order).
+Printed per set, seed (vocabulary, PCA and coder fits) and threshold: the share answered; then
+the default threshold's row pooled over the sets and seeds, the same pooled row for other values
+of the rival ratio (runtime/steps/confidence.py: 0 = the inlier level alone) and for the inlier
+level alone at the threshold that answers as many in-map queries as the default, the quantiles of
+the verified inliers of each kind of frame, and how far (in map images) the wrong answers to
+in-map queries of the sequences lie from the nearest correct image (sets whose queries are not
+map images -- corridor and gardens_point_day -- are taken as sequences, their map images in
+capture order).
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ import numpy as np
 from benchmarks.compare import build_map
 from benchmarks.featcache import DEFAULT_CACHE, cached_features
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RANK_DEPTH, WINDOW, held_back_negatives
+from segvlad_edge.runtime.steps.confidence import (NO_MATCH_BELOW, RANK_DEPTH, RIVAL_RATIO, WINDOW, held_back_negatives,
+                                                   rival_inliers, top_inliers, verified_confidence)
 from segvlad_edge.runtime.inputs.datasets import load_dataset
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.inputs.images import list_images
@@ -46,6 +50,7 @@ from segvlad_edge.runtime.settings import CONFS
 SETS = ("corridor", "gardens_point_day", "wxbs")
 THRESHOLDS = (0.3, 0.5, NO_MATCH_BELOW, 0.9)
 KINDS = ("in map", "removed", "rem far", "foreign", "blurred", "dark")
+RIVAL_RATIOS = (0.0, 1.0, RIVAL_RATIO, 1.1, 1.25, 1.5)
 
 
 def motion_blur(image: np.ndarray, length: int = 21) -> np.ndarray:
@@ -57,22 +62,21 @@ def dark(image: np.ndarray) -> np.ndarray:
 
 
 def evidence(loc, fmap, desc, exclude) -> tuple[float, int, int, int]:
-    """One frame -> (confidence, top map image, its verified inliers, the inliers of the best
-    verified image more than WINDOW map images away from it), the localizer's own path."""
+    """One frame -> (confidence, top map image, its verified inliers, the best other place's), the
+    localizer's own path."""
     ranked = loc.verify(loc.rank_descriptors(desc, RANK_DEPTH, exact=True, exclude_images=exclude),
                         loc.patch_codes(fmap.features))
     ans = loc.answer(ranked, {}, len(desc), 1)
     if not len(ranked.images) or ranked.inliers is None:
         return ans.confidence, -1, 0, 0
-    far = (np.abs(ranked.images - ranked.images[0]) > WINDOW) & (ranked.inliers >= 0)
-    return ans.confidence, int(ranked.images[0]), int(ranked.inliers[0]), int(ranked.inliers[far].max(initial=0))
+    return ans.confidence, int(ranked.images[0]), top_inliers(ranked), rival_inliers(ranked)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     ap.add_argument("--sets", nargs="+", default=list(SETS))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=3, help="fits per set (seeds 0..N-1), pooled")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--save", type=Path, default=None, help="write the per-frame evidence (.npz)")
     a = ap.parse_args()
@@ -80,7 +84,7 @@ def main():
     ext = DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=2)
     conf = dict(CONFS["segvlad"])
     print(f"engine {ext.manifest.file}; settings {conf}")
-    print(f"{'map':18s} {'threshold':>9s} " + " ".join(f"{k:>8s}" for k in KINDS) + f" {'R@1 ans':>7s} {'R@1 all':>7s}")
+    print(f"{'map, seed':21s} {'threshold':>9s} " + " ".join(f"{k:>8s}" for k in KINDS) + f" {'R@1 ans':>7s} {'R@1 all':>7s}")
     pooled = {k: [] for k in KINDS}
     saved = {}
     beyond = []     # wrong answers to in-map queries on the sequences: how far from the nearest correct image
@@ -91,49 +95,87 @@ def main():
         foreign = [others[i] for i in np.linspace(0, len(others) - 1, 80).astype(int)]
         foreign += list_images(root / "toy_unlabelled")
         feats = cached_features(ext, sorted(set(ds.map_images) | set(ds.queries) | set(foreign)), a.cache, False)
-        loc, frames, desc = build_map(ds, feats, conf, a.seed, ext)
-        loc.calib = loc.bundle.arrays["calib_negatives"] = held_back_negatives(loc)   # what mapping.main stores
         picks = [int(i) for i in np.linspace(0, len(ds.queries) - 1, 30).astype(int)]
         variants = {"blurred": cached_features(ext, [ds.queries[i] for i in picks], a.cache, False, motion_blur, "blur21"),
                     "dark": cached_features(ext, [ds.queries[i] for i in picks], a.cache, False, dark, "dark25g15")}
-        rows = {k: [] for k in KINDS}          # (confidence, right, inliers, rival inliers)
-        for qi, q in enumerate(ds.queries):
-            own = [ds.query_map_index[qi]] if ds.query_map_index is not None else []
-            pos = sorted(ds.positives[qi])
-            c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own)
-            rows["in map"].append((c, top in ds.positives[qi], inl, rival))
-            if ds.query_map_index is None and c >= NO_MATCH_BELOW and top not in ds.positives[qi]:
-                beyond.append(min(abs(top - p) for p in pos))
-            c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own + pos)
-            rows["removed"].append((c, False, inl, rival))
-            near = ds.query_map_index is None and top >= 0 and min(abs(top - p) for p in pos) <= WINDOW
-            rows["rem far"].append((0.0 if near else c, False, inl, rival))
-        for p in foreign:
-            c, top, inl, rival = evidence(loc, frames[p].fmap, desc[p], [])
-            rows["foreign"].append((c, False, inl, rival))
-        for kind, fm in variants.items():
-            for qi in picks:
-                q = ds.queries[qi]
-                own = [ds.query_map_index[qi]] if ds.query_map_index is not None else []
-                f = loc.pipeline.segment(None, fm[q])
-                c, top, inl, rival = evidence(loc, f.fmap, loc.pipeline.describe(f), own)
-                rows[kind].append((c, top in ds.positives[qi], inl, rival))
-        for k in KINDS:
-            pooled[k] += rows[k]
-            saved[f"{name}/{k}"] = np.asarray(rows[k], np.float64)
-        table(name, rows)
+        frames = None
+        for seed in range(a.seeds):
+            loc, frames, desc = build_map(ds, feats, conf, seed, ext, frames=frames)
+            loc.calib = loc.bundle.arrays["calib_negatives"] = held_back_negatives(loc)   # what mapping.main stores
+            rows = frame_rows(ds, loc, frames, desc, foreign, variants, picks, beyond)
+            for k in KINDS:
+                pooled[k] += rows[k]
+                saved[f"{name}/{seed}/{k}"] = np.asarray(rows[k], np.float64)
+            table(f"{name} {seed}", rows)
     table("pooled", pooled, [NO_MATCH_BELOW])
+    rival_sweep(pooled, conf["verify_model"])
     print("\nverified inliers of the top answer, p10/p50/p90 (pooled):")
     for k in KINDS:
-        inl = np.asarray([r[2] for r in pooled[k]])
-        print(f"  {k:8s} " + "/".join(f"{np.percentile(inl, p):.0f}" for p in (10, 50, 90)) + f"  ({len(inl)} frames)")
+        if k != "rem far":
+            inl = np.asarray([r[2] for r in pooled[k]])
+            print(f"  {k:8s} " + "/".join(f"{np.percentile(inl, p):.0f}" for p in (10, 50, 90)) + f"  ({len(inl)} frames)")
     bins = [(1, 1), (2, 2), (3, 3), (4, 9), (10, None)]
     counts = [sum(lo <= b and (hi is None or b <= hi) for b in beyond) for lo, hi in bins]
     print("\nwrong in-map answers (default threshold) on the sequences, map images from the nearest correct one: "
           + ", ".join(f"{lo}{'' if hi == lo else '+' if hi is None else f'-{hi}'}: {n}" for (lo, hi), n in zip(bins, counts))
-          + f" ({len(beyond)} answers)")
+          + f" ({len(beyond)} answers over {a.seeds} seeds)")
     if a.save:
         np.savez(a.save, **saved)
+
+
+def frame_rows(ds, loc, frames, desc, foreign, variants, picks, beyond) -> dict:
+    """One map's frames of every kind -> ``{kind: [(confidence, right, inliers, rival inliers)]}``;
+    a "rem far" row is all zeros where the answer lies within WINDOW of the removed place. Appends
+    the distances of wrong in-map answers on a sequence to ``beyond``."""
+    rows = {k: [] for k in KINDS}
+    for qi, q in enumerate(ds.queries):
+        own = [ds.query_map_index[qi]] if ds.query_map_index is not None else []
+        pos = sorted(ds.positives[qi])
+        c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own)
+        rows["in map"].append((c, top in ds.positives[qi], inl, rival))
+        if ds.query_map_index is None and c >= NO_MATCH_BELOW and top not in ds.positives[qi]:
+            beyond.append(min(abs(top - p) for p in pos))
+        c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own + pos)
+        rows["removed"].append((c, False, inl, rival))
+        near = ds.query_map_index is None and top >= 0 and min(abs(top - p) for p in pos) <= WINDOW
+        rows["rem far"].append((0.0, False, 0, 0) if near else (c, False, inl, rival))
+    for p in foreign:
+        c, top, inl, rival = evidence(loc, frames[p].fmap, desc[p], [])
+        rows["foreign"].append((c, False, inl, rival))
+    for kind, fm in variants.items():
+        for qi in picks:
+            q = ds.queries[qi]
+            own = [ds.query_map_index[qi]] if ds.query_map_index is not None else []
+            f = loc.pipeline.segment(None, fm[q])
+            c, top, inl, rival = evidence(loc, f.fmap, loc.pipeline.describe(f), own)
+            rows[kind].append((c, top in ds.positives[qi], inl, rival))
+    return rows
+
+
+def rival_sweep(pooled: dict, model: str) -> None:
+    """The pooled default-threshold row for each rival ratio (0: the inlier level alone), and for the
+    inlier level alone at the threshold that answers as many in-map queries as the default ratio."""
+    ev = {k: np.asarray([(r[2], r[3]) for r in v], np.int64) for k, v in pooled.items()}
+    right = np.asarray([r[1] for r in pooled["in map"]], bool)
+
+    def row(label: str, conf_of, threshold: float = NO_MATCH_BELOW) -> np.ndarray:
+        ans = {k: np.asarray([conf_of(i, r) for i, r in ev[k]]) >= threshold for k in KINDS}
+        print(f"{label:28s} " + " ".join(f"{ans[k].mean():8.3f}" for k in KINDS) + f" {right[ans['in map']].mean():7.3f}")
+        return ans["in map"]
+
+    print(f"\n{f'rival ratio (pooled, {NO_MATCH_BELOW})':28s} " + " ".join(f"{k:>8s}" for k in KINDS) + f" {'R@1 ans':>7s}")
+    answered = {ratio: row(f"{ratio:.2f}" + (" (default)" if ratio == RIVAL_RATIO else " (inliers alone)" if ratio == 0 else ""),
+                           lambda i, r, ratio=ratio: verified_confidence(i, r, model, ratio)) for ratio in RIVAL_RATIOS}
+    alone = np.sort([verified_confidence(i, r, model, 0.0) for i, r in ev["in map"]])[::-1]
+    t = float(alone[max(int(round(answered[RIVAL_RATIO].mean() * len(alone))) - 1, 0)])
+    row(f"inliers alone >= {t:.4f}", lambda i, r: verified_confidence(i, r, model, 0.0), t)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(right), (2000, len(right)))
+    for what, keep in (("right", right), ("wrong", ~right)):
+        d = (answered[RIVAL_RATIO] & keep).astype(float) - (answered[0.0] & keep).astype(float)
+        lo, hi = np.percentile(d[picks].mean(1), [2.5, 97.5])
+        print(f"  {what} answers per in-map frame, default - inliers alone: {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+              " (bootstrap over frames)")
 
 
 def table(name: str, rows: dict, thresholds=THRESHOLDS) -> None:
@@ -142,7 +184,7 @@ def table(name: str, rows: dict, thresholds=THRESHOLDS) -> None:
     for t in thresholds:
         ans = {k: conf[k] >= t for k in KINDS}
         r1 = right["in map"][ans["in map"]].mean() if ans["in map"].any() else float("nan")
-        print(f"{name:18s} {t:9.2f} " + " ".join(f"{ans[k].mean():8.3f}" for k in KINDS) + f" {r1:7.3f} "
+        print(f"{name:21s} {t:9.2f} " + " ".join(f"{ans[k].mean():8.3f}" for k in KINDS) + f" {r1:7.3f} "
               f"{right['in map'].mean():7.3f}", flush=True)
 
 

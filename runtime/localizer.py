@@ -211,7 +211,7 @@ class Localizer:
             if meta:
                 entry["meta"] = meta
             entries.append(entry)
-        conf = confidence(ranked, self.calib, self.meta["settings"]["verify_model"])
+        conf = confidence(ranked, self.calib, self.meta["settings"]["verify_model"], positions=self.positions)
         match = entries[0] if entries and conf >= self.min_confidence else None
         position = self.positions.estimate(ranked.images, ranked.scores) if match and self.positions else None
         return Answer(entries, ranked.pairs[:top], {k: round(v, 2) for k, v in ms.items()}, segments, conf, match,

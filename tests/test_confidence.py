@@ -105,6 +105,48 @@ def test_verified_confidence_grows_with_inliers_and_is_the_threshold_at_the_answ
     assert ANSWER_INLIERS["affine"] > ANSWER_INLIERS["similarity"]      # more freedom, more chance agreement
 
 
+def test_an_answer_that_another_place_verifies_as_well_is_refused():
+    """The answer's inliers against the best verified image of another place: a near tie is
+    ambiguous (refused), a clear lead is answered; neighbours within the window are the same place."""
+    from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RIVAL_RATIO, rival_inliers
+
+    def conf(images, inliers, positions=None):
+        r = Ranked(np.array(images), np.linspace(5, 1, len(images)), match_sim=0.5, inliers=np.array(inliers))
+        return confidence(r, None, "affine", positions=positions)
+
+    assert conf([3, 40], [60, 58]) < NO_MATCH_BELOW                  # two places, equally well: ambiguous
+    assert conf([3, 40], [60, 30]) > 0.95                            # twice the rival's inliers
+    assert conf([3, 4, 5], [60, 59, 58]) > 0.95                      # the place's own neighbours do not compete
+    assert conf([3, 40, 41], [60, 58, -1]) == conf([3, 40], [60, 58])   # unverified images are no rivals
+    assert conf([3, 40], [60, 0]) == conf([3], [60])
+    edge = int(np.ceil(RIVAL_RATIO * 40))
+    assert conf([3, 40], [edge, 40]) >= NO_MATCH_BELOW > conf([3, 40], [edge - 1, 40])
+    assert conf([3, 40], [10, 0]) < NO_MATCH_BELOW                   # too few inliers stays refused
+    assert rival_inliers(Ranked(np.array([3, 40]), np.ones(2), inliers=np.array([60, 58]))) == 58
+
+
+def test_with_map_positions_another_place_is_beyond_the_agreement_radius():
+    """A map with positions says which images show another place by distance, not by index: a
+    landmark photographed twice far apart in the image list is one place, a jump in a route is two."""
+    from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, other_places
+    from segvlad_edge.runtime.steps.position import MapPositions
+
+    xy = np.zeros((50, 2))
+    xy[:, 0] = np.arange(50) * 10.0                 # a route, 10 m between images
+    xy[40] = xy[3] + [5.0, 0.0]                     # image 40 was taken 5 m from image 3
+    xy[4] = [1000.0, 0.0]                           # image 4 far away
+    xy[7] = np.nan                                  # image 7 without a position
+    pos = MapPositions("local", xy, np.full(50, np.nan), spacing_m=10.0)
+    assert pos.agree_m == 40.0
+    images = np.array([3, 40, 4, 7, 20])
+    np.testing.assert_array_equal(other_places(images), [False, True, False, True, True])
+    np.testing.assert_array_equal(other_places(images, positions=pos), [False, False, True, True, True])
+    r = Ranked(np.array([3, 40]), np.array([5.0, 4.0]), match_sim=0.5, inliers=np.array([60, 58]))
+    assert confidence(r, None, "affine", positions=pos) > 0.95 > NO_MATCH_BELOW > confidence(r, None, "affine")
+    r = Ranked(np.array([3, 4]), np.array([5.0, 4.0]), match_sim=0.5, inliers=np.array([60, 58]))
+    assert confidence(r, None, "affine", positions=pos) < NO_MATCH_BELOW < confidence(r, None, "affine")
+
+
 def test_a_map_is_verified_and_answered_with_its_own_stored_settings(corridor_bundle, engines_dir, monkeypatch):
     """A map keeps the verification it was built with: model, threshold and overtaking rule from its
     header, and the answer level of its model (maps built before the affine default stay similarity)."""
