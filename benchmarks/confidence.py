@@ -69,7 +69,7 @@ def evidence(loc, fmap, desc, exclude) -> tuple[float, int, int, int]:
     ans = loc.answer(ranked, {}, len(desc), 1)
     if not len(ranked.images) or ranked.inliers is None:
         return ans.confidence, -1, 0, 0
-    return ans.confidence, int(ranked.images[0]), top_inliers(ranked), rival_inliers(ranked)
+    return ans.confidence, int(ranked.images[0]), top_inliers(ranked), rival_inliers(ranked, positions=loc.positions)
 
 
 def main():
@@ -86,6 +86,7 @@ def main():
     print(f"engine {ext.manifest.file}; settings {conf}")
     print(f"{'map, seed':21s} {'threshold':>9s} " + " ".join(f"{k:>8s}" for k in KINDS) + f" {'R@1 ans':>7s} {'R@1 all':>7s}")
     pooled = {k: [] for k in KINDS}
+    queries = []    # which query each pooled in-map row is: (set, query index), for the bootstrap
     saved = {}
     beyond = []     # wrong answers to in-map queries on the sequences: how far from the nearest correct image
     for name in a.sets:
@@ -102,13 +103,18 @@ def main():
         for seed in range(a.seeds):
             loc, frames, desc = build_map(ds, feats, conf, seed, ext, frames=frames)
             loc.calib = loc.bundle.arrays["calib_negatives"] = held_back_negatives(loc)   # what mapping.main stores
-            rows = frame_rows(ds, loc, frames, desc, foreign, variants, picks, beyond)
+            rows, far = frame_rows(ds, loc, frames, desc, foreign, variants, picks)
+            beyond += far
+            queries += [(name, qi) for qi in range(len(ds.queries))]
             for k in KINDS:
                 pooled[k] += rows[k]
                 saved[f"{name}/{seed}/{k}"] = np.asarray(rows[k], np.float64)
             table(f"{name} {seed}", rows)
     table("pooled", pooled, [NO_MATCH_BELOW])
-    rival_sweep(pooled, conf["verify_model"])
+    print("pooled per seed, in map answered / R@1 among answered: " + ", ".join(
+        "{:.3f} / {:.3f}".format(*seed_row(np.concatenate([saved[f"{n}/{seed}/in map"] for n in a.sets])))
+        for seed in range(a.seeds)))
+    rival_sweep(pooled, queries, conf["verify_model"])
     print("\nverified inliers of the top answer, p10/p50/p90 (pooled):")
     for k in KINDS:
         if k != "rem far":
@@ -123,11 +129,19 @@ def main():
         np.savez(a.save, **saved)
 
 
-def frame_rows(ds, loc, frames, desc, foreign, variants, picks, beyond) -> dict:
-    """One map's frames of every kind -> ``{kind: [(confidence, right, inliers, rival inliers)]}``;
-    a "rem far" row is all zeros where the answer lies within WINDOW of the removed place. Appends
-    the distances of wrong in-map answers on a sequence to ``beyond``."""
+def seed_row(rows: np.ndarray) -> tuple[float, float]:
+    """In-map rows ``[N, 4]`` (confidence, right, ...) -> (share answered, Recall@1 among them)."""
+    ans = rows[:, 0] >= NO_MATCH_BELOW
+    return float(ans.mean()), float(rows[ans, 1].mean()) if ans.any() else float("nan")
+
+
+def frame_rows(ds, loc, frames, desc, foreign, variants, picks) -> tuple[dict, list]:
+    """One map's frames of every kind -> ``({kind: [(confidence, right, inliers, rival inliers)]},
+    beyond)``; a "rem far" row is all zeros where the answer lies within WINDOW of the removed
+    place; ``beyond``: how many map images the wrong confident in-map answers on a sequence lie
+    from the nearest correct one."""
     rows = {k: [] for k in KINDS}
+    beyond = []
     for qi, q in enumerate(ds.queries):
         own = [ds.query_map_index[qi]] if ds.query_map_index is not None else []
         pos = sorted(ds.positives[qi])
@@ -149,12 +163,15 @@ def frame_rows(ds, loc, frames, desc, foreign, variants, picks, beyond) -> dict:
             f = loc.pipeline.segment(None, fm[q])
             c, top, inl, rival = evidence(loc, f.fmap, loc.pipeline.describe(f), own)
             rows[kind].append((c, top in ds.positives[qi], inl, rival))
-    return rows
+    return rows, beyond
 
 
-def rival_sweep(pooled: dict, model: str) -> None:
+def rival_sweep(pooled: dict, queries: list, model: str) -> None:
     """The pooled default-threshold row for each rival ratio (0: the inlier level alone), and for the
-    inlier level alone at the threshold that answers as many in-map queries as the default ratio."""
+    inlier level alone at the threshold that answers as many in-map queries as the default ratio;
+    then the default's right and wrong answers per in-map query against each of those two, paired,
+    with bootstrap intervals over queries (``queries``: the pooled in-map rows' (set, query); a
+    query's seeds are averaged first)."""
     ev = {k: np.asarray([(r[2], r[3]) for r in v], np.int64) for k, v in pooled.items()}
     right = np.asarray([r[1] for r in pooled["in map"]], bool)
 
@@ -168,14 +185,17 @@ def rival_sweep(pooled: dict, model: str) -> None:
                            lambda i, r, ratio=ratio: verified_confidence(i, r, model, ratio)) for ratio in RIVAL_RATIOS}
     alone = np.sort([verified_confidence(i, r, model, 0.0) for i, r in ev["in map"]])[::-1]
     t = float(alone[max(int(round(answered[RIVAL_RATIO].mean() * len(alone))) - 1, 0)])
-    row(f"inliers alone >= {t:.4f}", lambda i, r: verified_confidence(i, r, model, 0.0), t)
-    rng = np.random.default_rng(0)
-    picks = rng.integers(0, len(right), (2000, len(right)))
-    for what, keep in (("right", right), ("wrong", ~right)):
-        d = (answered[RIVAL_RATIO] & keep).astype(float) - (answered[0.0] & keep).astype(float)
-        lo, hi = np.percentile(d[picks].mean(1), [2.5, 97.5])
-        print(f"  {what} answers per in-map frame, default - inliers alone: {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
-              " (bootstrap over frames)")
+    raised = row(f"inliers alone >= {t:.4f}", lambda i, r: verified_confidence(i, r, model, 0.0), t)
+    keys = sorted(set(queries))
+    which = np.array([keys.index(q) for q in queries])
+    per_query = lambda x: np.bincount(which, x, len(keys)) / np.bincount(which, minlength=len(keys))  # noqa: E731
+    picks = np.random.default_rng(0).integers(0, len(keys), (2000, len(keys)))
+    for other, label in ((answered[0.0], "inliers alone"), (raised, f"inliers alone >= {t:.4f}")):
+        for what, keep in (("right", right), ("wrong", ~right)):
+            d = per_query((answered[RIVAL_RATIO] & keep).astype(float) - (other & keep).astype(float))
+            lo, hi = np.percentile(d[picks].mean(1), [2.5, 97.5])
+            print(f"  {what} answers per in-map query, default - {label}: {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    print(f"  (bootstrap 95% intervals over the {len(keys)} queries, each the mean over its seeds)")
 
 
 def table(name: str, rows: dict, thresholds=THRESHOLDS) -> None:

@@ -33,12 +33,13 @@ from segvlad_edge.runtime.inputs.images import list_images, load_image
 from segvlad_edge.runtime.localizer import RANK_DEPTH, Localizer
 from segvlad_edge.runtime.pipeline import make_pipeline
 from segvlad_edge.runtime.settings import CONFS
-from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS, NO_MATCH_BELOW, RIVAL_RATIO
+from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS, NO_MATCH_BELOW, RIVAL_RATIO, WINDOW
 from segvlad_edge.runtime.steps.temporal import SequenceFilter
 
 SETS = {"corridor": ("ref", "query"), "gardens_point_day": ("day_left", "day_right")}
 KEEP = RANK_DEPTH                           # ranked images cached per query: the whole ranking
-TAG = hashlib.sha256(json.dumps([CONFS["segvlad"].to_json(), ANSWER_INLIERS, NO_MATCH_BELOW, RIVAL_RATIO],
+TAG = hashlib.sha256(json.dumps([CONFS["segvlad"].to_json(), ANSWER_INLIERS, NO_MATCH_BELOW, RIVAL_RATIO, WINDOW,
+                                 position.AGREE_SPACINGS],
                                 sort_keys=True).encode()).hexdigest()[:12]   # what the cached maps and rankings depend on
 
 

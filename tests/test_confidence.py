@@ -122,7 +122,8 @@ def test_an_answer_that_another_place_verifies_as_well_is_refused():
     edge = int(np.ceil(RIVAL_RATIO * 40))
     assert conf([3, 40], [edge, 40]) >= NO_MATCH_BELOW > conf([3, 40], [edge - 1, 40])
     assert conf([3, 40], [10, 0]) < NO_MATCH_BELOW                   # too few inliers stays refused
-    assert rival_inliers(Ranked(np.array([3, 40]), np.ones(2), inliers=np.array([60, 58]))) == 58
+    ranked = Ranked(np.array([3, 40, 20, 4]), np.ones(4), inliers=np.array([60, 30, 58, 59]))
+    assert rival_inliers(ranked) == 58                               # the best other place, not the first
 
 
 def test_with_map_positions_another_place_is_beyond_the_agreement_radius():
@@ -136,15 +137,40 @@ def test_with_map_positions_another_place_is_beyond_the_agreement_radius():
     xy[40] = xy[3] + [5.0, 0.0]                     # image 40 was taken 5 m from image 3
     xy[4] = [1000.0, 0.0]                           # image 4 far away
     xy[7] = np.nan                                  # image 7 without a position
+    xy[9] = np.nan
     pos = MapPositions("local", xy, np.full(50, np.nan), spacing_m=10.0)
     assert pos.agree_m == 40.0
-    images = np.array([3, 40, 4, 7, 20])
-    np.testing.assert_array_equal(other_places(images), [False, True, False, True, True])
-    np.testing.assert_array_equal(other_places(images, positions=pos), [False, False, True, True, True])
+    images = np.array([3, 40, 4, 7, 20, 6, 2])      # image 6 at the radius (40 m), image 2 at 10 m
+    xy[6] = xy[3] + [40.0, 0.0]
+    np.testing.assert_array_equal(other_places(images), [False, True, False, True, True, True, False])
+    np.testing.assert_array_equal(other_places(images, positions=pos), [False, False, True, True, True, False, False])
+    xy[6] += [0.01, 0.0]
+    assert other_places(images, positions=pos)[5]
+    np.testing.assert_array_equal(other_places(np.array([9, 10, 40]), positions=pos), [False, False, True])  # first unknown: by index
+    same = MapPositions("local", np.zeros((50, 2)), np.full(50, np.nan))      # one position for all: no spacing
+    np.testing.assert_array_equal(other_places(images, positions=same), other_places(images))
     r = Ranked(np.array([3, 40]), np.array([5.0, 4.0]), match_sim=0.5, inliers=np.array([60, 58]))
     assert confidence(r, None, "affine", positions=pos) > 0.95 > NO_MATCH_BELOW > confidence(r, None, "affine")
     r = Ranked(np.array([3, 4]), np.array([5.0, 4.0]), match_sim=0.5, inliers=np.array([60, 58]))
     assert confidence(r, None, "affine", positions=pos) < NO_MATCH_BELOW < confidence(r, None, "affine")
+
+
+def test_the_localizer_judges_rivals_by_its_map_positions(corridor_bundle, engines_dir):
+    """An answer whose rival is far in the image list but near in space is answered; a map without
+    positions refuses it."""
+    from segvlad_edge.runtime.localizer import Localizer
+    from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW
+    from segvlad_edge.runtime.steps.position import MapPositions
+
+    loc = Localizer.from_bundle(corridor_bundle, engines_dir)
+    ranked = Ranked(np.array([3, 40]), np.array([5.0, 1.0]), [[], []], 0.5, np.array([60, 58]))
+    loc.positions = None
+    assert loc.answer(ranked, {}, 1, 1).match is None
+    xy = np.stack([np.arange(111) * 1.0, np.zeros(111)], 1)
+    xy[40] = xy[3]                                   # a second pass over image 3's place
+    loc.positions = MapPositions("local", xy, np.full(111, np.nan), spacing_m=1.0)
+    ans = loc.answer(ranked, {}, 1, 1)
+    assert ans.confidence > NO_MATCH_BELOW and ans.match["index"] == 3
 
 
 def test_a_map_is_verified_and_answered_with_its_own_stored_settings(corridor_bundle, engines_dir, monkeypatch):

@@ -13,7 +13,7 @@ Verified maps (the default): two kinds of evidence, the confidence the smaller o
    degrees of freedom agree by chance more (the foreign p90 was 11 with the similarity model), so
    its ``T`` is 18, keeping the margin over the foreign p90 that 16 has for the similarity model
    (maps built with it keep 16).
-2. No other place as good: ``1 / (1 + a (RIVAL_RATIO / (inliers / rival)) ** STEEPNESS)``, with
+2. No other place as good: ``1 / (1 + a (RIVAL_RATIO rival / inliers) ** STEEPNESS)``, with
    ``rival`` the most inliers of a verified image of another place (``other_places``: farther than
    the position estimator's agreement radius where the map has positions, else more than
    ``window`` map images away). A frame that two places explain about equally well is ambiguous:
@@ -52,14 +52,17 @@ STEEPNESS = 4.0
 
 def other_places(images: np.ndarray, window: int = WINDOW, positions=None) -> np.ndarray:
     """``images [N] int`` a ranking, best first -> ``[N] bool``: which show another place than the
-    first. With ``positions`` (runtime.steps.position.MapPositions): farther from it than the
-    position estimator's agreement radius, where both have a position; otherwise more than
-    ``window`` map images away (map order is capture order for a sequential map)."""
+    first. With ``positions`` (runtime.steps.position.MapPositions, one concept of "the same place"
+    for the position estimate and the confidence): farther from it than the estimator's agreement
+    radius (``agree_m``, metres), where both have a position; otherwise, and where the map's
+    positions have no spacing, more than ``window`` map images away (map order is capture order
+    for a sequential map; a map without positions that passes a place twice counts the second
+    pass as another place)."""
     images = np.asarray(images, np.int64)
     if not len(images):
         return np.zeros(0, bool)
     apart = np.abs(images - images[0]) > window
-    if positions is not None:
+    if positions is not None and positions.agree_m > 0:
         xy = positions.xy[images]
         known = np.isfinite(xy).all(1) & np.isfinite(xy[0]).all()
         apart[known] = np.linalg.norm(xy[known] - xy[0], axis=1) > positions.agree_m
@@ -107,8 +110,9 @@ def top_inliers(ranked) -> int:
 
 
 def rival_inliers(ranked, window: int = WINDOW, positions=None) -> int:
-    """The most verified inliers of an image of another place than the best answer (``other_places``;
-    0 where none was verified)."""
+    """A verified ranking (runtime.steps.ranking.Ranked, ``inliers [N]``, -1 where not verified) ->
+    the most verified inliers of an image of another place than its first (``other_places`` with
+    ``positions``, a MapPositions or None); 0 where none was verified."""
     if ranked.inliers is None or len(ranked.inliers) == 0:
         return 0
     return max(int(ranked.inliers[other_places(ranked.images, window, positions)].max(initial=0)), 0)
@@ -127,9 +131,9 @@ def verified_confidence(inliers: int, rival: int, model: str, rival_ratio: float
 
 
 def confidence(ranked, calib: np.ndarray | None, model: str, window: int = WINDOW, positions=None) -> float:
-    """A ranking -> confidence in [0, 1]. Verified rankings: ``verified_confidence`` of the best
-    answer's inliers and its rival's (``rival_inliers``, another place by ``positions`` where given),
-    ``model`` the map's ``verify_model``;
+    """A ranking (runtime.steps.ranking.Ranked) -> confidence in [0, 1]. Verified rankings:
+    ``verified_confidence`` of the best answer's inliers and its rival's (``rival_inliers``, another
+    place by ``positions``, the map's MapPositions or None), ``model`` the map's ``verify_model``;
     others: the share of the map's no-match scores below the frame's match score (the raw margin
     without a calibration)."""
     if ranked.inliers is not None:
