@@ -196,6 +196,12 @@ def rival_sweep(pooled: dict, queries: list, model: str) -> None:
             lo, hi = np.percentile(d[picks].mean(1), [2.5, 97.5])
             print(f"  {what} answers per in-map query, default - {label}: {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
     print(f"  (bootstrap 95% intervals over the {len(keys)} queries, each the mean over its seeds)")
+    sets = np.array([q[0] for q in queries])
+    for name in dict.fromkeys(sets):
+        print(f"  {name}: in map answered / R@1 among answered, default " + " / ".join(
+            f"{v:.3f}" for v in (answered[RIVAL_RATIO][sets == name].mean(), right[answered[RIVAL_RATIO] & (sets == name)].mean()))
+            + f", inliers alone >= {t:.4f} " + " / ".join(
+            f"{v:.3f}" for v in (raised[sets == name].mean(), right[raised & (sets == name)].mean())))
 
 
 def table(name: str, rows: dict, thresholds=THRESHOLDS) -> None:
