@@ -87,7 +87,7 @@ def score_map(ds, loc, frames, desc, verify_n) -> dict:
     first = {0: [], verify_n: []}
     ms = []
     for qi, q in enumerate(ds.queries):
-        exclude = [ds.query_map_index[qi]] if ds.query_map_index is not None else None
+        exclude = ds.own_map_images(qi)
         r = loc.rank_descriptors(desc[q], top=max(DEPTH, verify_n), exact=True, exclude_images=exclude)
         tops = {0: list(r.images[:DEPTH])}
         if verify_n:

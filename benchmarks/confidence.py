@@ -143,7 +143,7 @@ def frame_rows(ds, loc, frames, desc, foreign, variants, picks) -> tuple[dict, l
     rows = {k: [] for k in KINDS}
     beyond = []
     for qi, q in enumerate(ds.queries):
-        own = [ds.query_map_index[qi]] if ds.query_map_index is not None else []
+        own = ds.own_map_images(qi)
         pos = sorted(ds.positives[qi])
         c, top, inl, rival = evidence(loc, frames[q].fmap, desc[q], own)
         rows["in map"].append((c, top in ds.positives[qi], inl, rival))
@@ -159,7 +159,7 @@ def frame_rows(ds, loc, frames, desc, foreign, variants, picks) -> tuple[dict, l
     for kind, fm in variants.items():
         for qi in picks:
             q = ds.queries[qi]
-            own = [ds.query_map_index[qi]] if ds.query_map_index is not None else []
+            own = ds.own_map_images(qi)
             f = loc.pipeline.segment(None, fm[q])
             c, top, inl, rival = evidence(loc, f.fmap, loc.pipeline.describe(f), own)
             rows[kind].append((c, top in ds.positives[qi], inl, rival))

@@ -40,8 +40,7 @@ def recall_at_1(ds, feats, conf, extractor):
     loc = Localizer(bundle, pipe)
     hits = []
     for qi, q in enumerate(ds.queries):
-        exclude = ds.query_map_index[qi] if ds.query_map_index is not None else None
-        r = loc.rank_descriptors(desc[q], top=1, exact=True, exclude_images=None if exclude is None else [exclude])
+        r = loc.rank_descriptors(desc[q], top=1, exact=True, exclude_images=ds.own_map_images(qi))
         hits.append(len(r.images) > 0 and int(r.images[0]) in ds.positives[qi])
     return float(np.mean(hits)), np.mean([len(desc[p]) for p in maps]), len(hits)
 

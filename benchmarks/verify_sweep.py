@@ -49,7 +49,7 @@ def shortlists(ds, feats, seed, ext, frames=None) -> tuple[list, np.ndarray, dic
     gloc, _, gdesc = build_map(ds, feats, CONFS["global"], seed, ext, verify=False)
     out, glob = [], []
     for qi, q in enumerate(ds.queries):
-        exclude = [ds.query_map_index[qi]] if ds.query_map_index is not None else None
+        exclude = ds.own_map_images(qi)
         ranked = loc.rank_descriptors(desc[q], top=conf.verify_top, exact=True, exclude_images=exclude)
         pairs = shortlist_matches(loc.patch_codes(frames[q].fmap.features), loc.map_codes,
                                   ranked.images[:conf.verify_top], conf.verify_min_sim)

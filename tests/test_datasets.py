@@ -12,6 +12,8 @@ def test_layouts_of_the_shared_sets(datasets):
     w = load_dataset(datasets / "wxbs")
     assert w.layout == "places.json" and w.query_map_index is not None and len(w.queries) == len(w.map_images) >= 90
     assert all(w.query_map_index[i] not in p for i, p in enumerate(w.positives))
+    assert all(w.map_images[w.own_map_images(i)[0]] == q for i, q in enumerate(w.queries))   # the query itself
+    assert g.own_map_images(0) == []
     with pytest.raises(DatasetError, match="UTM"):
         load_dataset(datasets / "toy_unlabelled")
 

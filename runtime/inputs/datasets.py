@@ -46,6 +46,11 @@ class Dataset:
     positives: list[set[int]]
     query_map_index: list[int] | None = None
 
+    def own_map_images(self, q: int) -> list[int]:
+        """The map images that are query ``q`` itself, to leave out of its ranking: ``[query_map_index[q]]``
+        for leave-one-out sets, else ``[]``."""
+        return [self.query_map_index[q]] if self.query_map_index is not None else []
+
     def name(self, path: Path) -> str:
         """The path relative to the dataset folder (as given where it is not inside it: map images
         named by a bundle)."""
