@@ -59,7 +59,7 @@ def test_rerank_orders_the_shortlist_by_inliers_and_keeps_the_rest():
     q, m, inliers, _ = planted_pair(rng, n_in=80, n_out=0)
     codes = np.stack([unit(rng.standard_normal(m.shape)), m, unit(rng.standard_normal(m.shape))]).astype(np.float16)
     ranked = Ranked(np.array([0, 2, 1, 7]), np.array([9.0, 8.0, 7.0, 1.0], np.float32), [[], [], [], []], 0.4)
-    checks = verify_shortlist(q, codes, ranked.images[:3], GRID, min_sim=0.9)
+    checks = verify_shortlist(q, codes, ranked.images[:3], GRID, model="affine", threshold=1.5, min_sim=0.9)
     out = rerank_by_inliers(ranked, checks, gain=1.0)
     assert out.images.tolist() == [1, 0, 2, 7]
     assert out.inliers.tolist() == [80, 0, 0, -1]
@@ -102,7 +102,7 @@ def test_an_affine_fit_follows_a_sheared_view_that_a_similarity_fit_cannot():
     assert aff.matches == sim.matches == 120
     assert aff.inliers >= 110 and sim.inliers < 0.7 * aff.inliers, (aff.inliers, sim.inliers)
     with pytest.raises(ValueError, match="unknown verification model 'homography'"):
-        verify_shortlist(q, codes, [0], GRID, model="homography")
+        verify_shortlist(q, codes, [0], GRID, model="homography", threshold=1.5, min_sim=0.9)
 
 
 def test_the_verification_models_are_the_same_in_settings_verifier_and_answer_levels():

@@ -79,10 +79,11 @@ def mutual_matches(sims: np.ndarray, min_sim: float) -> tuple[np.ndarray, np.nda
     return qi, best_m[qi]
 
 
-def fit_inliers(qi: np.ndarray, mi: np.ndarray, positions: np.ndarray, model: str = "affine",
-                threshold: float = 1.5, min_matches: int = 4) -> Verification:
+def fit_inliers(qi: np.ndarray, mi: np.ndarray, positions: np.ndarray, model: str, threshold: float,
+                min_matches: int = 4) -> Verification:
     """Matched patches ``qi``/``mi`` on the same patch grid (``positions [P, 2]``) -> inliers of a
-    RANSAC fit of ``model`` (``threshold`` in patch units; deterministic: OpenCV's fixed seed)."""
+    RANSAC fit of ``model`` (``threshold`` in patch units; both the map's settings,
+    runtime/settings.py; deterministic: OpenCV's fixed seed)."""
     if model not in ESTIMATORS:
         raise ValueError(f"unknown verification model {model!r}; choose from {', '.join(ESTIMATORS)}")
     none = Verification(0, len(qi), np.zeros((0, 2), np.int64))
@@ -98,9 +99,10 @@ def fit_inliers(qi: np.ndarray, mi: np.ndarray, positions: np.ndarray, model: st
 
 
 def shortlist_matches(q_codes: np.ndarray, map_codes: np.ndarray, candidates,
-                      min_sim: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
+                      min_sim: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """``q_codes [P, d]``, ``map_codes [I, P, d] float16`` (memory-mapped: only the candidates'
-    rows are read) -> the mutual matches ``(qi, mi)`` with each candidate map image, in order."""
+    rows are read) -> the mutual matches ``(qi, mi)`` of cosine >= ``min_sim`` with each candidate
+    map image, in order."""
     cand = [int(i) for i in candidates]
     if not cand:
         return []
@@ -109,8 +111,8 @@ def shortlist_matches(q_codes: np.ndarray, map_codes: np.ndarray, candidates,
     return [mutual_matches(q @ m[j].T, min_sim) for j in range(len(cand))]
 
 
-def verify_shortlist(q_codes: np.ndarray, map_codes: np.ndarray, candidates, grid: tuple[int, int],
-                     model: str = "affine", threshold: float = 1.5, min_sim: float = 0.0) -> list[Verification]:
+def verify_shortlist(q_codes: np.ndarray, map_codes: np.ndarray, candidates, grid: tuple[int, int], *,
+                     model: str, threshold: float, min_sim: float) -> list[Verification]:
     """``shortlist_matches`` -> one Verification per candidate map image index, in the given order."""
     pos = patch_positions(grid)
     return [fit_inliers(qi, mi, pos, model, threshold) for qi, mi in shortlist_matches(q_codes, map_codes, candidates, min_sim)]
