@@ -372,18 +372,25 @@ def test_tampered_memory_mapped_bundle_is_refused_in_one_line(big_written, tmp_p
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "checksum mismatch" in r.stderr
 
 
-def test_a_search_gives_back_the_process_wide_faiss_thread_count():
-    """faiss's thread count is process-wide: a search sets its own and restores the one before,
-    so a later build keeps the library's (or the caller's) count."""
+@pytest.mark.parametrize("kind", ["hnswsq", "ivfpq"])
+def test_builds_and_searches_give_back_the_faiss_thread_count(kind, monkeypatch):
+    """faiss's thread count is per calling thread and outlives a call: a build and a search run on
+    the index's threads and restore the count before, so later faiss work (a vocabulary fit) keeps
+    the caller's."""
     faiss = I._faiss()
     x = clustered(n=2000)
-    idx = SegmentIndex(x, "hnswsq", threads=-1)
-    idx.prepare()
+    seen = []
+    real_add = I._add_all
+    monkeypatch.setattr(I, "_add_all", lambda index, idx: seen.append(faiss.omp_get_max_threads()) or real_add(index, idx))
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(3)
     try:
+        idx = SegmentIndex(x, kind, threads=1)
+        idx.prepare()
+        assert seen == [1] and faiss.omp_get_max_threads() == 3
         idx.search(queries(x, 5), 10)
         assert faiss.omp_get_max_threads() == 3
     finally:
         faiss.omp_set_num_threads(before)
+    assert I.search_threads(None) == -1 and I.search_threads(1) == 1 and I.search_threads(64) == I.SEARCH_THREADS
     assert I.search_threads(None) == -1 and I.search_threads(1) == 1 and I.search_threads(64) == I.SEARCH_THREADS

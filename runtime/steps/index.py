@@ -218,7 +218,7 @@ class SegmentIndex:
     def _rescored_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """A faiss kind: ``rerank x k`` candidates by the compressed codes, re-scored exactly."""
         idx = self.prepare()
-        # the search's threads, given back after it, so later builds keep theirs
+        # the search's threads, given back after it (as a build's are), so later faiss work keeps the caller's
         with omp_threads(_faiss(), self.threads if self.threads > 0 else SEARCH_THREADS):
             cand = self._candidates(idx, q, k)
         return self._exact(q, k, rows=cand)
@@ -367,8 +367,6 @@ def _build_ivfpq(index: SegmentIndex):
     accurate), and with ``refine`` "sq8" an 8-bit scalar-quantised copy (faiss IndexRefine) that
     re-orders the ``refine_factor x`` candidates of the fast scan before the exact re-scoring."""
     faiss = _faiss()
-    if index.threads > 0:
-        faiss.omp_set_num_threads(index.threads)
     p, n, dim = index.params, len(index), index.dim
     p["nlist"] = nlist = int(p.get("nlist") or ivf_lists(n))
     p["nprobe"] = min(int(p["nprobe"]), nlist)
@@ -393,8 +391,7 @@ def _build_ivfpq(index: SegmentIndex):
         idx = faiss.IndexRefine(ivf, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit,
                                                                 faiss.METRIC_INNER_PRODUCT))
         idx.k_factor = float(p["refine_factor"])
-    idx.train(_training_rows(index))
-    _add_all(index, idx)
+    _train_and_add(index, idx)
     return idx
 
 
@@ -402,17 +399,22 @@ def _build_hnswsq(index: SegmentIndex):
     """faiss ``IndexHNSWSQ``: per-dimension 8-bit codes (ranges trained on ``train_max`` rows), inner
     product, ``m`` links per node (2m on level 0)."""
     faiss = _faiss()
-    if index.threads > 0:
-        faiss.omp_set_num_threads(index.threads)
     p = index.params
     if p["qtype"] not in SQ_TYPES or len(index) == 0:
         raise StoredIndexError(f"an HNSW-SQ index needs segments and a quantiser of {SQ_TYPES}, not {p['qtype']!r}")
     idx = faiss.IndexHNSWSQ(index.dim, getattr(faiss.ScalarQuantizer, p["qtype"]), int(p["m"]),
                             faiss.METRIC_INNER_PRODUCT)
     idx.hnsw.efConstruction = int(p["ef_construction"])
-    idx.train(_training_rows(index))
-    _add_all(index, idx)
+    _train_and_add(index, idx)
     return idx
+
+
+def _train_and_add(index: SegmentIndex, idx) -> None:
+    """Train a faiss index on ``_training_rows`` and add every descriptor, on the index's threads
+    (restored after, like the search's)."""
+    with omp_threads(_faiss(), index.threads if index.threads > 0 else None):
+        idx.train(_training_rows(index))
+        _add_all(index, idx)
 
 
 def _faiss_to_arrays(index: SegmentIndex, idx) -> tuple[dict, dict]:
