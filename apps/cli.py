@@ -373,6 +373,10 @@ def remove_images_cmd(map_path, names, out):
 @click.option("--every-n", type=click.IntRange(1, 1_000_000), default=1, show_default=True, help="Process every n-th frame.")
 @click.option("--filter", "temporal", is_flag=True, help="Temporal filter over the stream (adds a 'filtered' answer).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None, help="Below this, 'match' is null (default: 0.7).")
+@click.option("--rival-ratio", type=click.FloatRange(0, 100), default=None,
+              help=f"Verified answers: confidence 0.7 at this many times the inliers of the best other place "
+                   f"(default {RIVAL_RATIO}; 0: inliers alone, e.g. for a map without positions that passes a place "
+                   f"twice).")
 @click.option("--save-vis", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write an explanation PNG per frame into this folder.")
 @click.option("--give-up-after", type=click.FloatRange(0, 1e6), default=0.0,
@@ -388,7 +392,7 @@ def remove_images_cmd(map_path, names, out):
               help="CPU threads: onnxruntime's (default: one per core) and, up to 2, the map search's (default 2).")
 @user_errors
 def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fps, every_n, temporal, min_confidence,
-             save_vis, give_up_after, engines_dir, domain, device, threads):
+             rival_ratio, save_vis, give_up_after, engines_dir, domain, device, threads):
     """Localise frames against a map; one JSON object per processed frame (schema in the README)."""
     import signal
     import threading
@@ -425,6 +429,8 @@ def localize(map_path, near, images_dir, video, camera, top, out_targets, max_fp
     click.echo(_engine_info(loc, threads), err=True)        # start-up checks passed: say what runs
     if min_confidence is not None:
         loc.min_confidence = min_confidence
+    if rival_ratio is not None:
+        loc.rival_ratio = rival_ratio
     stop = threading.Event()
 
     def on_signal(signum, _frame):

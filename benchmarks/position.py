@@ -11,7 +11,8 @@ share of queries answered (confident match, which is when a position is given), 
 (top-1, the baseline the estimator must beat, on the same queries), a paired bootstrap 95%
 interval of the mean error difference (estimate - top-1; below 0 = the estimator is better),
 how often the error is within 2 sigma_m, and the temporal filter's position (``--filter``) over
-all queries in order. Maps and rankings are cached (``--cache``, under a tag of the default
+all queries in order, told which were answered as ``localize`` tells it (its error where it gives
+a position, and the share of queries on which it is lost and withholds one). Maps and rankings are cached (``--cache``, under a tag of the default
 settings and answer levels, so a change of either builds afresh), so the closing sweep of the
 estimator's two settings (agreement radius in map spacings, candidates) over both sets costs no
 engine time.
@@ -102,14 +103,19 @@ def errors(loc: Localizer, d: dict, agree: float, candidates: int) -> tuple[np.n
     return np.asarray(err), np.asarray(sig)
 
 
-def filtered_errors(loc: Localizer, d: dict) -> np.ndarray:
-    """Errors of the temporal filter's position (``--filter``) over all queries in order."""
-    filt, err = SequenceFilter(len(loc.names)), []
-    for truth, images, scores in zip(d["truth"], d["images"], d["scores"]):
+def filtered_errors(loc: Localizer, d: dict) -> tuple[np.ndarray, float]:
+    """The temporal filter (``--filter``) over all queries in order, told which were answered, as
+    ``localize`` does -> (errors of its position on the frames it gives one, share of frames it is
+    lost on and withholds it)."""
+    filt, err, lost = SequenceFilter(len(loc.names)), [], 0
+    for truth, ok, images, scores in zip(d["truth"], d["confident"], d["images"], d["scores"]):
         keep = images >= 0
-        filt.update(images[keep], scores[keep].astype(np.float32))
-        err.append(abs(filtered_position(loc, filt.belief)["x"] - truth))
-    return np.asarray(err)
+        filt.update(images[keep], scores[keep].astype(np.float32), bool(ok))
+        if filt.lost:
+            lost += 1
+        else:
+            err.append(abs(filtered_position(loc, filt.belief)["x"] - truth))
+    return np.asarray(err), lost / len(d["truth"])
 
 
 def bootstrap_mean(d: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -127,17 +133,17 @@ def main() -> None:
     runs = {name: rankings(name, args.datasets / name, args.cache, args.threads) for name in SETS}
     default = (position.AGREE_SPACINGS, position.CANDIDATES)
     print("errors in frames (map images); est = position estimate, top1 = best match's own position, "
-          "filt = --filter's position over all queries")
+          "filt = --filter's position over all queries (lost: share of them it withholds one on)")
     print(f"{'dataset':18s} {'answered':>8s} {'est med':>8s} {'est p90':>8s} {'top1 med':>8s} {'top1 p90':>8s}  "
-          f"{'mean(est-top1) 95% CI':>21s} {'<=2sigma':>8s} {'filt med':>8s} {'filt p90':>8s}")
+          f"{'mean(est-top1) 95% CI':>21s} {'<=2sigma':>8s} {'filt med':>8s} {'filt p90':>8s} {'lost':>5s}")
     for name, (loc, d) in runs.items():
         e, s = errors(loc, d, *default)
         t, _ = errors(loc, d, 0.0, 1)                       # the best match alone
-        f = filtered_errors(loc, d)
+        f, lost = filtered_errors(loc, d)
         lo, hi = bootstrap_mean(e - t)
         print(f"{name:18s} {d['confident'].mean():8.2f} {np.median(e):8.2f} {np.percentile(e, 90):8.2f} "
               f"{np.median(t):8.2f} {np.percentile(t, 90):8.2f}  [{lo:+7.2f}, {hi:+7.2f}]  {np.mean(e <= 2 * s):8.2f} "
-              f"{np.median(f):8.2f} {np.percentile(f, 90):8.2f}")
+              f"{np.median(f):8.2f} {np.percentile(f, 90):8.2f} {lost:5.2f}")
     print(f"sweep, pooled confident queries; diff = mean error minus the default's {default}, paired bootstrap 95% CI")
     base = np.concatenate([errors(loc, d, *default)[0] for loc, d in runs.values()])
     for agree in (1.5, 2.5, 4.0):

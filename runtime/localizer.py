@@ -17,7 +17,7 @@ import numpy as np
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
-from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RANK_DEPTH, confidence
+from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RANK_DEPTH, RIVAL_RATIO, confidence
 from segvlad_edge.runtime.mapfiles.domain import load_domain
 from segvlad_edge.runtime.steps.index import open_index, search_threads
 from segvlad_edge.runtime.models import Models
@@ -90,6 +90,7 @@ class Localizer:
         self.names = [img["name"] for img in bundle.images]
         self.calib = bundle.arrays.get("calib_negatives")
         self.min_confidence = NO_MATCH_BELOW
+        self.rival_ratio = RIVAL_RATIO                  # of verified answers (runtime/steps/confidence.py; 0: off)
         self.positions = MapPositions.from_images(bundle.images)
         a = bundle.arrays
         self.map_codes = a.get("verify_codes")          # [I, P, d] float16, memory-mapped
@@ -211,7 +212,8 @@ class Localizer:
             if meta:
                 entry["meta"] = meta
             entries.append(entry)
-        conf = confidence(ranked, self.calib, self.meta["settings"]["verify_model"], positions=self.positions)
+        conf = confidence(ranked, self.calib, self.meta["settings"]["verify_model"], positions=self.positions,
+                          rival_ratio=self.rival_ratio)
         match = entries[0] if entries and conf >= self.min_confidence else None
         position = self.positions.estimate(ranked.images, ranked.scores) if match and self.positions else None
         return Answer(entries, ranked.pairs[:top], {k: round(v, 2) for k, v in ms.items()}, segments, conf, match,

@@ -40,6 +40,19 @@ def test_build_map_and_localize_recall(datasets, engines_dir, corridor_map):
     assert hits / len(lines) >= 0.6
 
 
+def test_localize_rival_ratio_zero_answers_on_inliers_alone(datasets, engines_dir, corridor_map):
+    """--rival-ratio 0 turns the rival rule off: no frame's confidence drops, and on corridor's
+    repeated structure some rise (their best other place verified almost as well)."""
+    def confidences(*extra):
+        r = run("localize", "--map", corridor_map, "--images", datasets / "corridor" / "query", "--every-n", "8",
+                "--engines", engines_dir, *extra)
+        return {line["query"]: line["confidence"] for line in map(json.loads, r.stdout.splitlines())}
+
+    rule, alone = confidences(), confidences("--rival-ratio", "0")
+    assert len(rule) == 14 and rule.keys() == alone.keys()
+    assert all(alone[q] >= rule[q] for q in rule) and any(alone[q] > rule[q] for q in rule)
+
+
 def test_eval_json_contract(datasets, engines_dir):
     r = run("eval", datasets / "corridor", "--method", "segvlad", "--json", "--engines", engines_dir)
     res = json.loads(r.stdout.strip().splitlines()[-1])

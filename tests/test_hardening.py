@@ -479,7 +479,7 @@ def test_vpr_bench_plain_int_and_scalar_positives(tmp_path):
                                   ("eval", "--order", "-1", "x"), ("eval", "--pca-dims", "-5", "x"),
                                   ("build-map", "--order", "1000000000", "x", "-o", "y"),
                                   ("localize", "--every-n", "0"), ("explain", "--top", "0", "--map", "m", "q"),
-                                  ("localize", "--threads", "0")])
+                                  ("localize", "--threads", "0"), ("localize", "--rival-ratio", "-1")])
 def test_option_ranges(args):
     from click.testing import CliRunner
 

@@ -132,14 +132,16 @@ def verified_confidence(inliers: int, rival: int, model: str, rival_ratio: float
     return round(1.0 / (1.0 + a * worst ** STEEPNESS), 4)
 
 
-def confidence(ranked, calib: np.ndarray | None, model: str, window: int = WINDOW, positions=None) -> float:
+def confidence(ranked, calib: np.ndarray | None, model: str, window: int = WINDOW, positions=None,
+               rival_ratio: float = RIVAL_RATIO) -> float:
     """A ranking (runtime.steps.ranking.Ranked) -> confidence in [0, 1]. Verified rankings:
     ``verified_confidence`` of the best answer's inliers and its rival's (``rival_inliers``, another
-    place by ``positions``, the map's MapPositions or None), ``model`` the map's ``verify_model``;
+    place by ``positions``, the map's MapPositions or None; ``rival_ratio`` 0: inliers alone), ``model``
+    the map's ``verify_model``;
     others: the share of the map's no-match scores below the frame's match score (the raw margin
     without a calibration)."""
     if ranked.inliers is not None:
-        return verified_confidence(top_inliers(ranked), rival_inliers(ranked, window, positions), model)
+        return verified_confidence(top_inliers(ranked), rival_inliers(ranked, window, positions), model, rival_ratio)
     if calib is None or len(calib) == 0:
         return round(place_margin(ranked.images, ranked.scores, window), 4)
     return round(float(np.searchsorted(calib, match_score(ranked, window), side="left")) / len(calib), 4)
