@@ -27,7 +27,7 @@ import click  # noqa: E402
 from segvlad_edge.engines.manifest import EngineError, default_engines_dir, list_manifests, load_manifest  # noqa: E402
 from segvlad_edge.errors import SegvladError, printable, require  # noqa: E402
 from segvlad_edge.runtime.settings import CONFS, bounds  # noqa: E402
-from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS, RIVAL_RATIO  # noqa: E402
+from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS, RIVAL_RATIO, WINDOW  # noqa: E402
 from segvlad_edge.runtime.steps.index import HNSWSQ_FROM, IVFPQ_FROM, KINDS  # noqa: E402
 
 USER_ERRORS: tuple[type[BaseException], ...] = (SegvladError, OSError)
@@ -641,10 +641,14 @@ def inspect_cmd(map_path):
     click.echo(f"  identical SuperSegment descriptors: {dup} of {len(desc)} ({dup / max(len(desc), 1):.0%}; "
                "SuperSegments grown into the same region)")
     if "verify_codes" in b.arrays:
+        from segvlad_edge.runtime.steps.position import MapPositions
+
+        pos = MapPositions.from_images(b.images)
+        apart = f"beyond {pos.agree_m:.3g} m" if pos is not None and pos.agree_m > 0 else f"more than {WINDOW} map images away"
         click.echo(f"  verification: top {s['verify_top']}, {b.arrays['verify_codes'].shape[2]}-dim patch codes, "
                    f"{s['verify_model']} RANSAC at {s['verify_threshold']} patches, overtaking at {s['verify_gain']}x inliers, "
                    f"{b.arrays['verify_codes'][0].nbytes / 1024:.1f} KiB/image memory-mapped; answered from "
-                   f"{ANSWER_INLIERS[s['verify_model']]} inliers and {RIVAL_RATIO}x those of any other place")
+                   f"{ANSWER_INLIERS[s['verify_model']]} inliers and {RIVAL_RATIO}x those of any other place ({apart})")
     for name, a in b.arrays.items():
         click.echo(f"  {name:20s} {a.dtype.name:8s} {'x'.join(map(str, a.shape)):>14s}  {a.nbytes / 1024:9.1f} KiB")
 

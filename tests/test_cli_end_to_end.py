@@ -90,6 +90,7 @@ def test_eval_an_existing_map_with_positions(datasets, engines_dir, tmp_path):
 def test_inspect(corridor_map):
     r = run("inspect", corridor_map)
     assert "images 111" in r.stdout and "descriptors" in r.stdout and "verification: top 10" in r.stdout
+    assert "answered from 18 inliers and 1.05x those of any other place (more than 2 map images away)" in r.stdout
 
 
 def test_user_errors_are_one_line(tmp_path, datasets, engines_dir, corridor_map):

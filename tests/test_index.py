@@ -393,4 +393,3 @@ def test_builds_and_searches_give_back_the_faiss_thread_count(kind, monkeypatch)
     finally:
         faiss.omp_set_num_threads(before)
     assert I.search_threads(None) == -1 and I.search_threads(1) == 1 and I.search_threads(64) == I.SEARCH_THREADS
-    assert I.search_threads(None) == -1 and I.search_threads(1) == 1 and I.search_threads(64) == I.SEARCH_THREADS

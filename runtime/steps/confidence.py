@@ -117,7 +117,7 @@ def rival_inliers(ranked, window: int = WINDOW, positions=None) -> int:
     ``positions``, a MapPositions or None); 0 where none was verified."""
     if ranked.inliers is None or len(ranked.inliers) == 0:
         return 0
-    return max(int(ranked.inliers[other_places(ranked.images, window, positions)].max(initial=0)), 0)
+    return int(ranked.inliers[other_places(ranked.images, window, positions)].max(initial=0))
 
 
 def verified_confidence(inliers: int, rival: int, model: str, rival_ratio: float = RIVAL_RATIO) -> float:
