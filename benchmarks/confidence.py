@@ -1,6 +1,6 @@
 """Does "no match" hold? Frames whose place is in the map vs frames whose place is not.
 
-    python -m benchmarks.confidence [--sets corridor gardens_point_day wxbs] [--seeds 3]
+    python -m benchmarks.confidence [--sets corridor gardens_point_day wxbs] [--seeds 3] [--positions]
 
 For each labelled set a map of its map images is built in memory from cached DINOv2 features
 (benchmarks/featcache.py) with the default settings, and frames are localised the product's
@@ -46,6 +46,7 @@ from segvlad_edge.runtime.inputs.datasets import load_dataset
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.inputs.images import list_images
 from segvlad_edge.runtime.settings import CONFS
+from segvlad_edge.runtime.steps.position import MapPositions
 
 SETS = ("corridor", "gardens_point_day", "wxbs")
 THRESHOLDS = (0.3, 0.5, NO_MATCH_BELOW, 0.9)
@@ -79,6 +80,9 @@ def main():
     ap.add_argument("--seeds", type=int, default=3, help="fits per set (seeds 0..N-1), pooled")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--save", type=Path, default=None, help="write the per-frame evidence (.npz)")
+    ap.add_argument("--positions", action="store_true",
+                    help="give the sequences' maps positions (x = map index, one unit a frame), so that another "
+                         "place is judged by the agreement radius as on maps with positions")
     a = ap.parse_args()
     root = Path(a.datasets)
     ext = DenseFeatureExtractor(find_engine(default_engines_dir(), "dinov2"), threads=2)
@@ -102,6 +106,8 @@ def main():
         frames = None
         for seed in range(a.seeds):
             loc, frames, desc = build_map(ds, feats, conf, seed, ext, frames=frames)
+            if a.positions and ds.query_map_index is None:
+                loc.positions = sequence_positions(len(ds.map_images))
             loc.calib = loc.bundle.arrays["calib_negatives"] = held_back_negatives(loc)   # what mapping.main stores
             rows, far = frame_rows(ds, loc, frames, desc, foreign, variants, picks)
             beyond += far
@@ -127,6 +133,12 @@ def main():
           + f" ({len(beyond)} answers over {a.seeds} seeds)")
     if a.save:
         np.savez(a.save, **saved)
+
+
+def sequence_positions(n: int) -> MapPositions:
+    """Positions of a sequential map's ``n`` images: x = map index (as benchmarks/position.py gives them)."""
+    xy = np.stack([np.arange(n, dtype=np.float64), np.zeros(n)], 1)
+    return MapPositions("local", xy, np.zeros(n), spacing_m=1.0)
 
 
 def seed_row(rows: np.ndarray) -> tuple[float, float]:
