@@ -8,6 +8,7 @@ sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)
      "top": [{"name": str, "score": float, "meta"?: {...}}], "match": str | null,
      "confidence": float, "similarity": float, "segments": int,
      "position": {"lat", "lon"[, "alt"], "sigma_m"} | {"x", "y", "z", "sigma_m"} | null,
+     "rival": {"name": str, "inliers": int} | null,
      "ms": {stage: ms, "total": ms} (processing time),
      "filtered"?: {"name": str | null, "probability": float, "state": "tracking" | "lost",
                    "position": {...} | null}, "error"?: str}
@@ -15,6 +16,8 @@ sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)
 ``match`` is null for "no confident match" (confidence below the map's threshold, a blank
 frame, a frame without segments, or an undecodable frame, which also has ``error``); so is
 ``position`` (runtime/steps/position.py), which is also null when the map has no positions.
+``rival``: the best verified map image of another place than ``top[0]``, whose inliers the
+confidence weighs (runtime/steps/confidence.py); null where none was verified.
 """
 from __future__ import annotations
 
@@ -65,6 +68,7 @@ def record(frame, ans, filtered: tuple[str, float, dict | None] | None, total_ms
            "match": ans.match["name"] if ans and ans.match else None,
            "confidence": ans.confidence if ans else 0.0, "similarity": ans.similarity if ans else 0.0,
            "segments": ans.segments if ans else 0, "position": ans.position if ans else None,
+           "rival": ans.rival if ans else None,
            "ms": {**(ans.ms if ans else {}), "total": round(total_ms, 2)}}
     if filtered is not None:
         rec["filtered"] = {"name": filtered[0], "probability": round(filtered[1], 4),

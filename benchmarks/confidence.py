@@ -40,8 +40,8 @@ import numpy as np
 from benchmarks.compare import build_map
 from benchmarks.featcache import DEFAULT_CACHE, cached_features
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime.steps.confidence import (NO_MATCH_BELOW, RANK_DEPTH, RIVAL_RATIO, WINDOW, held_back_negatives,
-                                                   rival_inliers, top_inliers, verified_confidence)
+from segvlad_edge.runtime.steps.confidence import (NO_MATCH_BELOW, RANK_DEPTH, RIVAL_RATIO, WINDOW, best_rival,
+                                                   held_back_negatives, top_inliers, verified_confidence)
 from segvlad_edge.runtime.inputs.datasets import load_dataset
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
 from segvlad_edge.runtime.inputs.images import list_images
@@ -70,7 +70,7 @@ def evidence(loc, fmap, desc, exclude) -> tuple[float, int, int, int]:
     ans = loc.answer(ranked, {}, len(desc), 1)
     if not len(ranked.images) or ranked.inliers is None:
         return ans.confidence, -1, 0, 0
-    return ans.confidence, int(ranked.images[0]), top_inliers(ranked), rival_inliers(ranked, positions=loc.positions)
+    return ans.confidence, int(ranked.images[0]), top_inliers(ranked), best_rival(ranked, positions=loc.positions)[1]
 
 
 def main():

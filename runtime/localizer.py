@@ -17,7 +17,7 @@ import numpy as np
 
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
 from segvlad_edge.runtime.mapfiles.bundle import BundleError, MapBundle
-from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RANK_DEPTH, RIVAL_RATIO, confidence
+from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RANK_DEPTH, RIVAL_RATIO, best_rival, confidence
 from segvlad_edge.runtime.mapfiles.domain import load_domain
 from segvlad_edge.runtime.steps.index import open_index, search_threads
 from segvlad_edge.runtime.models import Models
@@ -38,7 +38,9 @@ class Answer:
     [0, 1] (runtime/steps/confidence.py); ``match``: ``top[0]`` when confident, else None ("no
     confident match"); ``similarity``: mean best-hit similarity of the frame's segments;
     ``ranked``: the full ranking (for the temporal filter); ``position``: the estimate from the
-    agreeing top matches (runtime/steps/position.py), None without a confident match or map positions."""
+    agreeing top matches (runtime/steps/position.py), None without a confident match or map positions;
+    ``rival``: {"name", "inliers"} of the best verified image of another place than ``top[0]`` (the
+    ambiguity the confidence weighs), None where none was verified."""
 
     top: list
     pairs: list
@@ -50,6 +52,7 @@ class Answer:
     frame: FrameSegments | None = field(default=None, repr=False)
     ranked: Ranked | None = field(default=None, repr=False)
     position: dict | None = None
+    rival: dict | None = None
 
 
 def engine_for(sig: dict, where, engines_dir=None, backend: str | None = None):
@@ -216,8 +219,10 @@ class Localizer:
                           rival_ratio=self.rival_ratio)
         match = entries[0] if entries and conf >= self.min_confidence else None
         position = self.positions.estimate(ranked.images, ranked.scores) if match and self.positions else None
+        other, inliers = best_rival(ranked, positions=self.positions)
+        rival = {"name": self.image(other)["name"], "inliers": inliers} if other >= 0 else None
         return Answer(entries, ranked.pairs[:top], {k: round(v, 2) for k, v in ms.items()}, segments, conf, match,
-                      round(ranked.match_sim, 4), frame, ranked, position)
+                      round(ranked.match_sim, 4), frame, ranked, position, rival)
 
     def localize(self, image_bgr: np.ndarray, top: int = 5, exact: bool = False) -> Answer:
         """One frame -> Answer. A frame without texture (all one colour) or without segments is

@@ -42,15 +42,21 @@ def test_build_map_and_localize_recall(datasets, engines_dir, corridor_map):
 
 def test_localize_rival_ratio_zero_answers_on_inliers_alone(datasets, engines_dir, corridor_map):
     """--rival-ratio 0 turns the rival rule off: no frame's confidence drops, and on corridor's
-    repeated structure some rise (their best other place verified almost as well)."""
-    def confidences(*extra):
+    repeated structure some rise (their best other place verified almost as well); the records name
+    that rival, and a frame refused only with the rule has a rival within 1.05x of its answer."""
+    def records(*extra):
         r = run("localize", "--map", corridor_map, "--images", datasets / "corridor" / "query", "--every-n", "8",
                 "--engines", engines_dir, *extra)
-        return {line["query"]: line["confidence"] for line in map(json.loads, r.stdout.splitlines())}
+        return {line["query"]: line for line in map(json.loads, r.stdout.splitlines())}
 
-    rule, alone = confidences(), confidences("--rival-ratio", "0")
+    rule, alone = records(), records("--rival-ratio", "0")
     assert len(rule) == 14 and rule.keys() == alone.keys()
-    assert all(alone[q] >= rule[q] for q in rule) and any(alone[q] > rule[q] for q in rule)
+    assert all(alone[q]["confidence"] >= rule[q]["confidence"] for q in rule)
+    lowered = [q for q in rule if alone[q]["confidence"] > rule[q]["confidence"]]
+    assert lowered                                                  # and the record names the rival it weighed
+    assert all(1.05 * rule[q]["rival"]["inliers"] > 18 for q in lowered)      # the rival, not the level, binds
+    refused = [q for q in rule if rule[q]["match"] is None and alone[q]["match"] is not None]
+    assert refused and all(1.05 * rule[q]["rival"]["inliers"] > rule[q]["top"][0]["inliers"] for q in refused)
 
 
 def test_eval_json_contract(datasets, engines_dir):

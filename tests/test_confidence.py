@@ -108,7 +108,7 @@ def test_verified_confidence_grows_with_inliers_and_is_the_threshold_at_the_answ
 def test_an_answer_that_another_place_verifies_as_well_is_refused():
     """The answer's inliers against the best verified image of another place: a near tie is
     ambiguous (refused), a clear lead is answered; neighbours within the window are the same place."""
-    from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RIVAL_RATIO, rival_inliers
+    from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RIVAL_RATIO, best_rival
 
     def conf(images, inliers, positions=None):
         r = Ranked(np.array(images), np.linspace(5, 1, len(images)), match_sim=0.5, inliers=np.array(inliers))
@@ -123,7 +123,8 @@ def test_an_answer_that_another_place_verifies_as_well_is_refused():
     assert conf([3, 40], [edge, 40]) >= NO_MATCH_BELOW > conf([3, 40], [edge - 1, 40])
     assert conf([3, 40], [10, 0]) < NO_MATCH_BELOW                   # too few inliers stays refused
     ranked = Ranked(np.array([3, 40, 20, 4]), np.ones(4), inliers=np.array([60, 30, 58, 59]))
-    assert rival_inliers(ranked) == 58                               # the best other place, not the first
+    assert best_rival(ranked) == (20, 58)                            # the best other place, not the first
+    assert best_rival(Ranked(np.array([3, 4]), np.ones(2), inliers=np.array([60, 59]))) == (-1, 0)
 
 
 def test_with_map_positions_another_place_is_beyond_the_agreement_radius():
@@ -165,12 +166,13 @@ def test_the_localizer_judges_rivals_by_its_map_positions(corridor_bundle, engin
     loc = Localizer.from_bundle(corridor_bundle, engines_dir)
     ranked = Ranked(np.array([3, 40]), np.array([5.0, 1.0]), [[], []], 0.5, np.array([60, 58]))
     loc.positions = None
-    assert loc.answer(ranked, {}, 1, 1).match is None
+    ans = loc.answer(ranked, {}, 1, 1)
+    assert ans.match is None and ans.rival == {"name": loc.names[40], "inliers": 58}     # the ambiguity, named
     xy = np.stack([np.arange(111) * 1.0, np.zeros(111)], 1)
     xy[40] = xy[3]                                   # a second pass over image 3's place
     loc.positions = MapPositions("local", xy, np.full(111, np.nan), spacing_m=1.0)
     ans = loc.answer(ranked, {}, 1, 1)
-    assert ans.confidence > NO_MATCH_BELOW and ans.match["index"] == 3
+    assert ans.confidence > NO_MATCH_BELOW and ans.match["index"] == 3 and ans.rival is None
 
 
 def test_a_map_is_verified_and_answered_with_its_own_stored_settings(corridor_bundle, engines_dir, monkeypatch):

@@ -50,6 +50,7 @@ def test_every_output_gets_identical_records_naming_the_map(datasets, corridor_b
     for line in map(json.loads, stdout):
         assert line["map"] == {"file": corridor_bundle.name, "id": map_id}
         assert "position" in line and line["position"] is None          # this map carries no positions
+        assert "rival" in line
     assert f"id {map_id}," in cli("inspect", corridor_bundle).stdout
 
 

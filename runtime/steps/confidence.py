@@ -111,13 +111,15 @@ def top_inliers(ranked) -> int:
     return max(int(ranked.inliers[0]), 0)
 
 
-def rival_inliers(ranked, window: int = WINDOW, positions=None) -> int:
+def best_rival(ranked, window: int = WINDOW, positions=None) -> tuple[int, int]:
     """A verified ranking (runtime.steps.ranking.Ranked, ``inliers [N]``, -1 where not verified) ->
-    the most verified inliers of an image of another place than its first (``other_places`` with
-    ``positions``, a MapPositions or None); 0 where none was verified."""
+    ``(map image, inliers)`` of the verified image of another place than its first (``other_places``
+    with ``positions``, a MapPositions or None) with the most inliers; ``(-1, 0)`` where none has any."""
     if ranked.inliers is None or len(ranked.inliers) == 0:
-        return 0
-    return int(ranked.inliers[other_places(ranked.images, window, positions)].max(initial=0))
+        return -1, 0
+    inl = np.where(other_places(ranked.images, window, positions), ranked.inliers, 0)
+    j = int(np.argmax(inl))
+    return (int(ranked.images[j]), int(inl[j])) if inl[j] > 0 else (-1, 0)
 
 
 def verified_confidence(inliers: int, rival: int, model: str, rival_ratio: float = RIVAL_RATIO) -> float:
@@ -135,13 +137,13 @@ def verified_confidence(inliers: int, rival: int, model: str, rival_ratio: float
 def confidence(ranked, calib: np.ndarray | None, model: str, window: int = WINDOW, positions=None,
                rival_ratio: float = RIVAL_RATIO) -> float:
     """A ranking (runtime.steps.ranking.Ranked) -> confidence in [0, 1]. Verified rankings:
-    ``verified_confidence`` of the best answer's inliers and its rival's (``rival_inliers``, another
+    ``verified_confidence`` of the best answer's inliers and its rival's (``best_rival``, another
     place by ``positions``, the map's MapPositions or None; ``rival_ratio`` 0: inliers alone), ``model``
     the map's ``verify_model``;
     others: the share of the map's no-match scores below the frame's match score (the raw margin
     without a calibration)."""
     if ranked.inliers is not None:
-        return verified_confidence(top_inliers(ranked), rival_inliers(ranked, window, positions), model, rival_ratio)
+        return verified_confidence(top_inliers(ranked), best_rival(ranked, window, positions)[1], model, rival_ratio)
     if calib is None or len(calib) == 0:
         return round(place_margin(ranked.images, ranked.scores, window), 4)
     return round(float(np.searchsorted(calib, match_score(ranked, window), side="left")) / len(calib), 4)
