@@ -5,7 +5,7 @@ sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)
 
     {"schema": "segvlad-edge/localize/2", "map": {"file": str | null, "id": str (12 hex) | null},
      "query": str, "frame": int, "timestamp": float (unix s, capture time: runtime/inputs/sources.py),
-     "top": [{"name": str, "score": float, "meta"?: {...}}], "match": str | null,
+     "top": [{"name": str, "score": float, "inliers"?: int, "meta"?: {...}}], "match": str | null,
      "confidence": float, "similarity": float, "segments": int,
      "position": {"lat", "lon"[, "alt"], "sigma_m"} | {"x", "y", "z", "sigma_m"} | null,
      "rival": {"name": str, "inliers": int} | null,
@@ -16,8 +16,9 @@ sets it on SIGINT/SIGTERM). Output schema (``SCHEMA``, documented in the README)
 ``match`` is null for "no confident match" (confidence below the map's threshold, a blank
 frame, a frame without segments, or an undecodable frame, which also has ``error``); so is
 ``position`` (runtime/steps/position.py), which is also null when the map has no positions.
-``rival``: the best verified map image of another place than ``top[0]``, whose inliers the
-confidence weighs (runtime/steps/confidence.py); null where none was verified.
+``rival``: the verified map image of another place than ``top[0]`` with the most inliers, whose
+inliers the confidence weighs (runtime/steps/confidence.py); null where no image of another place
+has verified inliers.
 """
 from __future__ import annotations
 

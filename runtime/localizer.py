@@ -39,8 +39,8 @@ class Answer:
     confident match"); ``similarity``: mean best-hit similarity of the frame's segments;
     ``ranked``: the full ranking (for the temporal filter); ``position``: the estimate from the
     agreeing top matches (runtime/steps/position.py), None without a confident match or map positions;
-    ``rival``: {"name", "inliers"} of the best verified image of another place than ``top[0]`` (the
-    ambiguity the confidence weighs), None where none was verified."""
+    ``rival``: {"name", "inliers"} of the verified image of another place than ``top[0]`` with the
+    most inliers (the ambiguity the confidence weighs), None where no such image has inliers."""
 
     top: list
     pairs: list

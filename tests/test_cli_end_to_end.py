@@ -49,14 +49,18 @@ def test_localize_rival_ratio_zero_answers_on_inliers_alone(datasets, engines_di
                 "--engines", engines_dir, *extra)
         return {line["query"]: line for line in map(json.loads, r.stdout.splitlines())}
 
+    from segvlad_edge.runtime.steps.confidence import ANSWER_INLIERS, RIVAL_RATIO, WINDOW
+
     rule, alone = records(), records("--rival-ratio", "0")
     assert len(rule) == 14 and rule.keys() == alone.keys()
     assert all(alone[q]["confidence"] >= rule[q]["confidence"] for q in rule)
     lowered = [q for q in rule if alone[q]["confidence"] > rule[q]["confidence"]]
     assert lowered                                                  # and the record names the rival it weighed
-    assert all(1.05 * rule[q]["rival"]["inliers"] > 18 for q in lowered)      # the rival, not the level, binds
+    assert all(RIVAL_RATIO * rule[q]["rival"]["inliers"] > ANSWER_INLIERS["affine"] for q in lowered)
+    frame = lambda name: int(name.split(".")[0])                    # noqa: E731  (corridor's map: ref/0000012.jpg)
+    assert all(abs(frame(rule[q]["rival"]["name"]) - frame(rule[q]["top"][0]["name"])) > WINDOW for q in lowered)
     refused = [q for q in rule if rule[q]["match"] is None and alone[q]["match"] is not None]
-    assert refused and all(1.05 * rule[q]["rival"]["inliers"] > rule[q]["top"][0]["inliers"] for q in refused)
+    assert refused and all(RIVAL_RATIO * rule[q]["rival"]["inliers"] > rule[q]["top"][0]["inliers"] for q in refused)
 
 
 def test_eval_json_contract(datasets, engines_dir):

@@ -125,6 +125,8 @@ def test_an_answer_that_another_place_verifies_as_well_is_refused():
     ranked = Ranked(np.array([3, 40, 20, 4]), np.ones(4), inliers=np.array([60, 30, 58, 59]))
     assert best_rival(ranked) == (20, 58)                            # the best other place, not the first
     assert best_rival(Ranked(np.array([3, 4]), np.ones(2), inliers=np.array([60, 59]))) == (-1, 0)
+    assert best_rival(Ranked(np.array([3, 40]), np.ones(2), inliers=np.array([60, -1]))) == (-1, 0)
+    assert best_rival(Ranked(np.array([3, 40]), np.ones(2))) == (-1, 0)                  # an unverified map
 
 
 def test_with_map_positions_another_place_is_beyond_the_agreement_radius():

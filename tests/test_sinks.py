@@ -50,7 +50,9 @@ def test_every_output_gets_identical_records_naming_the_map(datasets, corridor_b
     for line in map(json.loads, stdout):
         assert line["map"] == {"file": corridor_bundle.name, "id": map_id}
         assert "position" in line and line["position"] is None          # this map carries no positions
-        assert "rival" in line
+        rival = line["rival"]
+        assert rival is None or (set(rival) == {"name", "inliers"} and isinstance(rival["name"], str)
+                                 and rival["inliers"] > 0)
     assert f"id {map_id}," in cli("inspect", corridor_bundle).stdout
 
 

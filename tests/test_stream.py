@@ -14,7 +14,7 @@ import pytest
 from segvlad_edge.runtime.inputs.images import list_images
 from segvlad_edge.runtime.inputs.sources import LiveSource, SourceError, open_source
 
-KEYS = {"schema", "query", "frame", "timestamp", "top", "match", "confidence", "segments", "ms"}
+KEYS = {"schema", "query", "frame", "timestamp", "top", "match", "confidence", "segments", "ms", "rival"}
 
 
 def cli(*args, **kw):
