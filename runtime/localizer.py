@@ -81,6 +81,9 @@ class Localizer:
     (engine, settings), ``hits``, ``image``, ``coder`` and ``map_codes``, which the tiled
     localizer (runtime/tiled.py) provides over a map folder's tiles."""
 
+    min_confidence = NO_MATCH_BELOW     # answers below it have no match (``localize --min-confidence``)
+    rival_ratio = RIVAL_RATIO           # of verified answers (runtime/steps/confidence.py; 0: off)
+
     def __init__(self, bundle: MapBundle, pipeline: FramePipeline, threads: int | None = None):
         """``threads``: CPU threads (as the engine's; None: not limited), of which the search takes
         up to SEARCH_THREADS (runtime/steps/index.py)."""
@@ -92,8 +95,6 @@ class Localizer:
         self.segment_image = bundle.segment_image
         self.names = [img["name"] for img in bundle.images]
         self.calib = bundle.arrays.get("calib_negatives")
-        self.min_confidence = NO_MATCH_BELOW
-        self.rival_ratio = RIVAL_RATIO                  # of verified answers (runtime/steps/confidence.py; 0: off)
         self.positions = MapPositions.from_images(bundle.images)
         a = bundle.arrays
         self.map_codes = a.get("verify_codes")          # [I, P, d] float16, memory-mapped

@@ -33,7 +33,6 @@ from segvlad_edge.runtime.mapfiles.domain import load_domain
 from segvlad_edge.runtime.mapfiles.tiles import INDEX_NAME, TileIndexError, bbox_distance_m, read_index
 from segvlad_edge.runtime.pipeline import FramePipeline, make_pipeline
 from segvlad_edge.runtime.settings import Settings
-from segvlad_edge.runtime.steps.confidence import NO_MATCH_BELOW, RIVAL_RATIO
 from segvlad_edge.runtime.steps.index import SegmentIndex, open_index, search_threads
 from segvlad_edge.runtime.steps.position import MapPositions, latlon_of
 from segvlad_edge.runtime.steps.verification import PatchCoder
@@ -79,8 +78,6 @@ class TiledLocalizer(Localizer):
         self.names = _Names(self)
         self.calib = np.asarray(doc["calib_negatives"], np.float32)
         self.coder = None                               # the whole map's, in every tile: set by the first loaded
-        self.min_confidence = NO_MATCH_BELOW
-        self.rival_ratio = RIVAL_RATIO
         n, pos = doc["images"], doc["positions"]
         self.positions = MapPositions("gps", np.full((n, 2), np.nan), np.full(n, np.nan), tuple(pos["origin"]),
                                       pos["spacing_m"])
