@@ -117,9 +117,9 @@ def main():
                 saved[f"{name}/{seed}/{k}"] = np.asarray(rows[k], np.float64)
             table(f"{name} {seed}", rows)
     table("pooled", pooled, [NO_MATCH_BELOW])
+    per_seed = [np.concatenate([saved[f"{n}/{seed}/in map"] for n in a.sets]) for seed in range(a.seeds)]
     print("pooled per seed, in map answered / R@1 among answered: " + ", ".join(
-        "{:.3f} / {:.3f}".format(*seed_row(np.concatenate([saved[f"{n}/{seed}/in map"] for n in a.sets])))
-        for seed in range(a.seeds)))
+        "{:.3f} / {:.3f}".format(*answer_rate(rows[:, 0] >= NO_MATCH_BELOW, rows[:, 1] > 0)) for rows in per_seed))
     rival_sweep(pooled, queries, conf["verify_model"])
     print("\nverified inliers of the top answer, p10/p50/p90 (pooled):")
     for k in KINDS:
@@ -141,10 +141,10 @@ def sequence_positions(n: int) -> MapPositions:
     return MapPositions("local", xy, np.zeros(n), spacing_m=1.0)
 
 
-def seed_row(rows: np.ndarray) -> tuple[float, float]:
-    """In-map rows ``[N, 4]`` (confidence, right, ...) -> (share answered, Recall@1 among them)."""
-    ans = rows[:, 0] >= NO_MATCH_BELOW
-    return float(ans.mean()), float(rows[ans, 1].mean()) if ans.any() else float("nan")
+def answer_rate(answered: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """In-map frames ``answered [N] bool``, ``right [N] bool`` (top answer correct) -> (share
+    answered, Recall@1 among the answered; NaN where none is)."""
+    return float(answered.mean()), float(right[answered].mean()) if answered.any() else float("nan")
 
 
 def frame_rows(ds, loc, frames, desc, foreign, variants, picks) -> tuple[dict, list]:
@@ -189,7 +189,8 @@ def rival_sweep(pooled: dict, queries: list, model: str) -> None:
 
     def row(label: str, conf_of, threshold: float = NO_MATCH_BELOW) -> np.ndarray:
         ans = {k: np.asarray([conf_of(i, r) for i, r in ev[k]]) >= threshold for k in KINDS}
-        print(f"{label:28s} " + " ".join(f"{ans[k].mean():8.3f}" for k in KINDS) + f" {right[ans['in map']].mean():7.3f}")
+        print(f"{label:28s} " + " ".join(f"{ans[k].mean():8.3f}" for k in KINDS)
+              + f" {answer_rate(ans['in map'], right)[1]:7.3f}")
         return ans["in map"]
 
     print(f"\n{f'rival ratio (pooled, {NO_MATCH_BELOW})':28s} " + " ".join(f"{k:>8s}" for k in KINDS) + f" {'R@1 ans':>7s}")
@@ -210,10 +211,10 @@ def rival_sweep(pooled: dict, queries: list, model: str) -> None:
     print(f"  (bootstrap 95% intervals over the {len(keys)} queries, each the mean over its seeds)")
     sets = np.array([q[0] for q in queries])
     for name in dict.fromkeys(sets):
-        print(f"  {name}: in map answered / R@1 among answered, default " + " / ".join(
-            f"{v:.3f}" for v in (answered[RIVAL_RATIO][sets == name].mean(), right[answered[RIVAL_RATIO] & (sets == name)].mean()))
-            + f", inliers alone >= {t:.4f} " + " / ".join(
-            f"{v:.3f}" for v in (raised[sets == name].mean(), right[raised & (sets == name)].mean())))
+        here = sets == name
+        print(f"  {name}: in map answered / R@1 among answered, default "
+              + "{:.3f} / {:.3f}".format(*answer_rate(answered[RIVAL_RATIO][here], right[here]))
+              + f", inliers alone >= {t:.4f} " + "{:.3f} / {:.3f}".format(*answer_rate(raised[here], right[here])))
 
 
 def table(name: str, rows: dict, thresholds=THRESHOLDS) -> None:
@@ -221,7 +222,7 @@ def table(name: str, rows: dict, thresholds=THRESHOLDS) -> None:
     right = {k: np.asarray([r[1] for r in v], bool) for k, v in rows.items()}
     for t in thresholds:
         ans = {k: conf[k] >= t for k in KINDS}
-        r1 = right["in map"][ans["in map"]].mean() if ans["in map"].any() else float("nan")
+        r1 = answer_rate(ans["in map"], right["in map"])[1]
         print(f"{name:21s} {t:9.2f} " + " ".join(f"{ans[k].mean():8.3f}" for k in KINDS) + f" {r1:7.3f} "
               f"{right['in map'].mean():7.3f}", flush=True)
 
