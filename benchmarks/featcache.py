@@ -1,9 +1,9 @@
 """DINOv2 features per image, computed once per engine and kept on disk for benchmark sweeps.
 
 ``cached_features(extractor, paths, cache_dir) -> {path: FeatureMap}``: one ``.npy``
-(``[h*w, C] float16``) per image under ``cache_dir/<engine sha256[:16]>/``, keyed by the image's
-absolute path, size and modification time; written atomically. Benchmarks only: the product
-computes features per frame.
+(``[h*w, C] float16``) per image under ``cache_dir/<engine sha256[:16]>/``, keyed by the image
+file's content; written atomically. A miss returns the stored float16 values, as a hit does.
+Benchmarks only: the product computes features per frame.
 
     python benchmarks/featcache.py DIR [DIR ...] [--cache /work/cache/features]
 """
@@ -25,9 +25,12 @@ DEFAULT_CACHE = Path(os.environ.get("SEGVLAD_FEATURE_CACHE", "/work/cache/featur
 
 
 def _key(path: Path, tag: str) -> str:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}" + (f"|{tag}" if tag else "")
-    return hashlib.sha1(key.encode()).hexdigest()[:24]
+    """The image file's content (sha1 of its bytes) and ``tag``: a copy of the image, or the same
+    folder copied again with new modification times, hits the cache."""
+    digest = hashlib.sha1(path.read_bytes())
+    if tag:
+        digest.update(f"|{tag}".encode())
+    return digest.hexdigest()[:24]
 
 
 def cached_features(extractor: DenseFeatureExtractor, paths, cache_dir: Path = DEFAULT_CACHE,
@@ -40,13 +43,14 @@ def cached_features(extractor: DenseFeatureExtractor, paths, cache_dir: Path = D
     for p in tqdm(list(paths), desc="features", unit="img", disable=not progress):
         f = folder / (_key(p, tag) + ".npy")
         if f.is_file():
-            feats = np.load(f).astype(np.float32)
+            stored = np.load(f)
         else:
             image = load_image(p)
-            feats = extractor(transform(image) if transform else image).features
+            stored = extractor(transform(image) if transform else image).features.astype(np.float16)
             tmp = f.with_name(f.name + f".tmp-{os.getpid()}.npy")
-            np.save(tmp, feats.astype(np.float16))
+            np.save(tmp, stored)
             os.replace(tmp, f)
+        feats = stored.astype(np.float32)       # what is stored, on a miss as on a hit: a sweep's first run reprints
         feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)   # undo float16 rounding of the norm
         out[p] = FeatureMap(feats, extractor.grid)
     return out
