@@ -2,7 +2,8 @@
 
 ``cached_features(extractor, paths, cache_dir) -> {path: FeatureMap}``: one ``.npy``
 (``[h*w, C] float16``) per image under ``cache_dir/<engine sha256[:16]>/``, keyed by the image
-file's content; written atomically. A miss returns the stored float16 values, as a hit does.
+file's content (not the code that loads and prepares it); written atomically. A miss returns
+what a hit does: the stored float16 values as float32, re-normalised.
 Benchmarks only: the product computes features per frame.
 
     python benchmarks/featcache.py DIR [DIR ...] [--cache /work/cache/features]

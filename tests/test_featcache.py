@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from benchmarks.featcache import cached_features
+from segvlad_edge.runtime.inputs.images import load_image
 
 
 class CountingExtractor:
@@ -41,7 +42,9 @@ def test_a_miss_returns_what_a_later_hit_reads(tmp_path):
     for p in paths:
         np.testing.assert_array_equal(first[p].features, again[p].features)
         assert first[p].features.dtype == np.float32
-        np.testing.assert_allclose(np.linalg.norm(first[p].features, axis=1), 1.0, rtol=1e-6)
+        stored = CountingExtractor()(load_image(p)).features.astype(np.float16).astype(np.float32)
+        np.testing.assert_allclose(first[p].features, stored / np.linalg.norm(stored, axis=1, keepdims=True), rtol=1e-6)
+        assert not np.allclose(first[p].features, stored, rtol=0, atol=1e-6)     # re-normalised, not raw
 
 
 def test_a_copied_folder_hits_the_cache_and_a_tag_does_not(tmp_path):
