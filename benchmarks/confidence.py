@@ -18,7 +18,8 @@ way (segment search, verification of the shortlist, confidence):
 Printed per set, seed (vocabulary, PCA and coder fits) and threshold: the share answered; then
 the default threshold's row pooled over the sets and seeds, the same pooled row for other values
 of the rival ratio (runtime/steps/confidence.py: 0 = the inlier level alone) and for the inlier
-level alone at the threshold that answers as many in-map queries as the default, the quantiles of
+level alone at the threshold that answers as many in-map queries as the default, the ratio picked
+on random halves of the queries and measured on the other halves (``split_half``), the quantiles of
 the verified inliers of each kind of frame, and how far (in map images) the wrong answers to
 in-map queries of the sequences lie from the nearest correct image (sets whose queries are not
 map images -- corridor and gardens_point_day -- are taken as sequences, their map images in
@@ -52,6 +53,7 @@ SETS = ("corridor", "gardens_point_day", "wxbs")
 THRESHOLDS = (0.3, 0.5, NO_MATCH_BELOW, 0.9)
 KINDS = ("in map", "removed", "rem far", "foreign", "blurred", "dark")
 RIVAL_RATIOS = (0.0, 1.0, RIVAL_RATIO, 1.1, 1.25, 1.5)
+BLOCK = 10              # consecutive queries kept on one side of a split-half
 
 
 def motion_blur(image: np.ndarray, length: int = 21) -> np.ndarray:
@@ -121,6 +123,7 @@ def main():
     print("pooled per seed, in map answered / R@1 among answered: " + ", ".join(
         "{:.3f} / {:.3f}".format(*answer_rate(rows[:, 0] >= NO_MATCH_BELOW, rows[:, 1] > 0)) for rows in per_seed))
     rival_sweep(pooled, queries, conf["verify_model"])
+    split_half(pooled, queries, conf["verify_model"])
     print("\nverified inliers of the top answer, p10/p50/p90 (pooled):")
     for k in KINDS:
         if k != "rem far":
@@ -199,8 +202,7 @@ def rival_sweep(pooled: dict, queries: list, model: str) -> None:
     alone = np.sort([verified_confidence(i, r, model, 0.0) for i, r in ev["in map"]])[::-1]
     t = float(alone[max(int(round(answered[RIVAL_RATIO].mean() * len(alone))) - 1, 0)])
     raised = row(f"inliers alone >= {t:.4f}", lambda i, r: verified_confidence(i, r, model, 0.0), t)
-    keys = sorted(set(queries))
-    which = np.array([keys.index(q) for q in queries])
+    keys, which = index_of(queries)
     per_query = lambda x: np.bincount(which, x, len(keys)) / np.bincount(which, minlength=len(keys))  # noqa: E731
     picks = np.random.default_rng(0).integers(0, len(keys), (2000, len(keys)))
     for other, label in ((answered[0.0], "inliers alone"), (raised, f"inliers alone >= {t:.4f}")):
@@ -216,6 +218,47 @@ def rival_sweep(pooled: dict, queries: list, model: str) -> None:
               + "{:.3f} / {:.3f}".format(*answer_rate(answered[RIVAL_RATIO][here], right[here]))
               + f", inliers alone >= {t:.4f} " + "{:.3f} / {:.3f}".format(*answer_rate(raised[here], right[here])))
 
+
+
+def index_of(keys: list) -> tuple[list, np.ndarray]:
+    """``keys [N]`` hashable, one per pooled row -> (the distinct keys sorted, ``[N] int`` each row's
+    position among them)."""
+    distinct = sorted(set(keys))
+    at = {k: i for i, k in enumerate(distinct)}
+    return distinct, np.array([at[k] for k in keys])
+
+
+def split_half(pooled: dict, queries: list, model: str, splits: int = 500, min_answered: float = 0.70) -> None:
+    """Is the rival ratio's choice fitted to these queries? The default was picked as the largest
+    ratio of RIVAL_RATIOS that answers at least ``min_answered`` of the in-map queries. Here it is
+    picked so on each of ``splits`` random halves of them (blocks of BLOCK consecutive queries of a
+    set, so a sequence frame's near twin is on its side; a query's seeds together), the smallest
+    where none does, and both halves are measured: in-map answered, Recall@1 among the answered,
+    removed places answered far off (mean, and p5..p95 for the other half)."""
+    assert len(queries) == len(pooled["in map"]) == len(pooled["rem far"])     # one row of each per query and seed
+    ans = {k: np.stack([np.array([verified_confidence(i, r, model, g) for _, _, i, r in pooled[k]]) >= NO_MATCH_BELOW
+                        for g in RIVAL_RATIOS]) for k in ("in map", "rem far")}          # [ratios, rows]
+    right = np.asarray([r[1] for r in pooled["in map"]], bool)
+    blocks, which = index_of([(name, qi // BLOCK) for name, qi in queries])
+    rng = np.random.default_rng(0)
+    picked, halves = [], {"picking": [], "other": []}
+    for _ in range(splits):
+        side = np.isin(which, rng.permutation(len(blocks))[: len(blocks) // 2])
+        ok = np.flatnonzero(ans["in map"][:, side].mean(1) >= min_answered)
+        j = ok.max() if len(ok) else 0
+        picked.append(RIVAL_RATIOS[j])
+        for half, rows in (("picking", side), ("other", ~side)):
+            halves[half].append((*answer_rate(ans["in map"][j, rows], right[rows]), ans["rem far"][j, rows].mean()))
+    print(f"\nsplit-half choice of the rival ratio ({splits} random halves of the {len(blocks)} blocks of {BLOCK} "
+          f"consecutive queries), the largest answering >= {min_answered:.0%} of one half picked: "
+          + ", ".join(f"{g:.2f} {np.mean(np.asarray(picked) == g):.0%}" for g in RIVAL_RATIOS if g in picked))
+    names = ("in map answered", "R@1 among answered", "rem far")
+    print("  mean over the halves (p5..p95 for the other half):")
+    for half, rows in halves.items():
+        rows = np.asarray(rows)
+        print(f"  {half + ' half':13s} " + ", ".join(
+            f"{n} {np.nanmean(rows[:, c]):.3f}" + (f" ({np.nanpercentile(rows[:, c], 5):.3f}..{np.nanpercentile(rows[:, c], 95):.3f})"
+                                              if half == "other" else "") for c, n in enumerate(names)))
 
 def table(name: str, rows: dict, thresholds=THRESHOLDS) -> None:
     conf = {k: np.asarray([r[0] for r in v]) for k, v in rows.items()}

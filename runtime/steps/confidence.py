@@ -3,16 +3,15 @@
 Verified maps (the default): two kinds of evidence, the confidence the smaller of the two.
 
 1. Enough inliers: ``1 / (1 + a (T / inliers) ** STEEPNESS)``, with ``T =
-   ANSWER_INLIERS[verify_model]`` the inliers of the answer that make ``NO_MATCH_BELOW``. Chance
-   agreement does not grow with the patch grid: frames of gardens_point_day against a corridor map
-   have 5/6.5/11 inliers on the 224x168 engine (192 patches), as on the 448x336 one (measured with
-   the similarity model), so ``T`` is one number. Measured with ``python -m benchmarks.confidence``
-   (448x336, affine model, the three shared sets and three fits pooled,
-   ``benchmarks/confidence.log``): the best answer of a frame of a place in no map has 8/10/13
-   inliers (p10/p50/p90, 918 frames), an in-map query 11/54/99 (1209). An affine fit's two more
-   degrees of freedom agree by chance more (the foreign p90 was 11 with the similarity model), so
-   its ``T`` is 18, keeping the margin over the foreign p90 that 16 has for the similarity model
-   (maps built with it keep 16).
+   ANSWER_INLIERS[verify_model]`` the inliers of the answer that make ``NO_MATCH_BELOW``. Measured
+   with ``python -m benchmarks.confidence`` (448x336, affine model, the three shared sets and
+   three fits pooled, ``benchmarks/confidence.log``): the best answer of a frame of a place in no
+   map has 8/10/13 inliers (p10/p50/p90, 918 frames), an in-map query 11/54/99 (1209). Chance
+   agreement barely grows with the patch grid (``benchmarks/confidence_engines.log``, one fit):
+   foreign frames have 7/9/11 on the 224x168 engine (192 patches) and 8/10/13 on the 644x476 one
+   (1,564), where in-map queries have 10/32/52 and 12/66/135; so ``T`` is one number per model:
+   18 for the affine model, five above the foreign p90 (maps built with the similarity model keep
+   their 16).
 2. No other place as good: ``1 / (1 + a (RIVAL_RATIO rival / inliers) ** STEEPNESS)``, with
    ``rival`` the most inliers of a verified image of another place (``other_places``: farther than
    the position estimator's agreement radius where the map has positions, else more than
@@ -28,8 +27,9 @@ Verified maps (the default): two kinds of evidence, the confidence the smaller o
 Inliers cannot tell a place from its neighbour a few metres on, so a query whose correct images
 were removed from a sequential map is still answered with the next ones.
 Held-back calibration (map images localised with their place removed) overestimates the no-match
-level on dense sequences for the same reason (corridor: p50 165 inliers), so verified maps use a
-fixed level.
+level on dense sequences for the same reason (queries whose correct images were removed still
+have a median of 32 inliers pooled over the three sets, foreign frames 10,
+``benchmarks/confidence.log``), so verified maps use a fixed level.
 
 Unverified maps (``verify_top`` 0, e.g. ``global``): a frame's match score is ``margin x
 similarity`` -- place margin ``(s1 - s2) / s1`` with ``s2`` the best score more than ``window``
