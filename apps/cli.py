@@ -375,8 +375,8 @@ def remove_images_cmd(map_path, names, out):
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None, help="Below this, 'match' is null (default: 0.7).")
 @click.option("--rival-ratio", type=click.FloatRange(0, 100), default=None,
               help=f"Verified answers: confidence 0.7 at this many times the inliers of the best other place "
-                   f"(default {RIVAL_RATIO}; 0: inliers alone, e.g. for a map without positions that passes a place "
-                   f"twice).")
+                   f"(default {RIVAL_RATIO}; higher answers fewer frames, more often right, e.g. 1.25 on a map with "
+                   f"positions; 0: inliers alone, e.g. for a map without positions that passes a place twice).")
 @click.option("--save-vis", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write an explanation PNG per frame into this folder.")
 @click.option("--give-up-after", type=click.FloatRange(0, 1e6), default=0.0,
