@@ -41,7 +41,7 @@ import numpy as np
 from benchmarks.compare import build_map
 from benchmarks.featcache import DEFAULT_CACHE, cached_features
 from segvlad_edge.engines.manifest import default_engines_dir, find_engine
-from segvlad_edge.runtime.steps.confidence import (NO_MATCH_BELOW, RANK_DEPTH, RIVAL_RATIO, WINDOW, best_rival,
+from segvlad_edge.runtime.steps.confidence import (NO_MATCH_BELOW, RANK_DEPTH, RIVAL_RATIO, WINDOW,
                                                    held_back_negatives, top_inliers, verified_confidence)
 from segvlad_edge.runtime.inputs.datasets import load_dataset
 from segvlad_edge.runtime.steps.features import DenseFeatureExtractor
@@ -72,7 +72,7 @@ def evidence(loc, fmap, desc, exclude) -> tuple[float, int, int, int]:
     ans = loc.answer(ranked, {}, len(desc), 1)
     if not len(ranked.images) or ranked.inliers is None:
         return ans.confidence, -1, 0, 0
-    return ans.confidence, int(ranked.images[0]), top_inliers(ranked), best_rival(ranked, positions=loc.positions)[1]
+    return ans.confidence, int(ranked.images[0]), top_inliers(ranked), ans.rival["inliers"] if ans.rival else 0
 
 
 def main():
@@ -122,8 +122,9 @@ def main():
     per_seed = [np.concatenate([saved[f"{n}/{seed}/in map"] for n in a.sets]) for seed in range(a.seeds)]
     print("pooled per seed, in map answered / R@1 among answered: " + ", ".join(
         "{:.3f} / {:.3f}".format(*answer_rate(rows[:, 0] >= NO_MATCH_BELOW, rows[:, 1] > 0)) for rows in per_seed))
-    rival_sweep(pooled, queries, conf["verify_model"])
-    split_half(pooled, queries, conf["verify_model"])
+    by_ratio = {ratio: answers(pooled, conf["verify_model"], ratio) for ratio in RIVAL_RATIOS}
+    rival_sweep(pooled, by_ratio, queries, conf["verify_model"])
+    split_half(pooled, by_ratio, queries)
     print("\nverified inliers of the top answer, p10/p50/p90 (pooled):")
     for k in KINDS:
         if k != "rem far":
@@ -181,27 +182,32 @@ def frame_rows(ds, loc, frames, desc, foreign, variants, picks) -> tuple[dict, l
     return rows, beyond
 
 
-def rival_sweep(pooled: dict, queries: list, model: str) -> None:
-    """The pooled default-threshold row for each rival ratio (0: the inlier level alone), and for the
-    inlier level alone at the threshold that answers as many in-map queries as the default ratio;
-    then the default's right and wrong answers per in-map query against each of those two, paired,
-    with bootstrap intervals over queries (``queries``: the pooled in-map rows' (set, query); a
-    query's seeds are averaged first)."""
-    ev = {k: np.asarray([(r[2], r[3]) for r in v], np.int64) for k, v in pooled.items()}
+def answers(pooled: dict, model: str, ratio: float, threshold: float = NO_MATCH_BELOW) -> dict:
+    """The pooled rows of every kind -> ``{kind: [N] bool}``: answered at ``threshold`` with the rival
+    ratio ``ratio`` (0: the inlier level alone)."""
+    return {k: np.array([verified_confidence(r[2], r[3], model, ratio) for r in rows]) >= threshold
+            for k, rows in pooled.items()}
+
+
+def rival_sweep(pooled: dict, by_ratio: dict, queries: list, model: str) -> None:
+    """The pooled default-threshold row for each rival ratio (``by_ratio``: ``answers`` per ratio of
+    RIVAL_RATIOS; 0: the inlier level alone), and for the inlier level alone at the threshold that
+    answers as many in-map queries as the default ratio; then the default's right and wrong answers
+    per in-map query against each of those two, paired, with bootstrap intervals over queries
+    (``queries``: the pooled in-map rows' (set, query); a query's seeds are averaged first)."""
     right = np.asarray([r[1] for r in pooled["in map"]], bool)
 
-    def row(label: str, conf_of, threshold: float = NO_MATCH_BELOW) -> np.ndarray:
-        ans = {k: np.asarray([conf_of(i, r) for i, r in ev[k]]) >= threshold for k in KINDS}
+    def row(label: str, ans: dict) -> np.ndarray:
         print(f"{label:28s} " + " ".join(f"{ans[k].mean():8.3f}" for k in KINDS)
               + f" {answer_rate(ans['in map'], right)[1]:7.3f}")
         return ans["in map"]
 
     print(f"\n{f'rival ratio (pooled, {NO_MATCH_BELOW})':28s} " + " ".join(f"{k:>8s}" for k in KINDS) + f" {'R@1 ans':>7s}")
     answered = {ratio: row(f"{ratio:.2f}" + (" (default)" if ratio == RIVAL_RATIO else " (inliers alone)" if ratio == 0 else ""),
-                           lambda i, r, ratio=ratio: verified_confidence(i, r, model, ratio)) for ratio in RIVAL_RATIOS}
-    alone = np.sort([verified_confidence(i, r, model, 0.0) for i, r in ev["in map"]])[::-1]
+                           ans) for ratio, ans in by_ratio.items()}
+    alone = np.sort([verified_confidence(r[2], r[3], model, 0.0) for r in pooled["in map"]])[::-1]
     t = float(alone[max(int(round(answered[RIVAL_RATIO].mean() * len(alone))) - 1, 0)])
-    raised = row(f"inliers alone >= {t:.4f}", lambda i, r: verified_confidence(i, r, model, 0.0), t)
+    raised = row(f"inliers alone >= {t:.4f}", answers(pooled, model, 0.0, t))
     keys, which = index_of(queries)
     per_query = lambda x: np.bincount(which, x, len(keys)) / np.bincount(which, minlength=len(keys))  # noqa: E731
     picks = np.random.default_rng(0).integers(0, len(keys), (2000, len(keys)))
@@ -219,7 +225,6 @@ def rival_sweep(pooled: dict, queries: list, model: str) -> None:
               + f", inliers alone >= {t:.4f} " + "{:.3f} / {:.3f}".format(*answer_rate(raised[here], right[here])))
 
 
-
 def index_of(keys: list) -> tuple[list, np.ndarray]:
     """``keys [N]`` hashable, one per pooled row -> (the distinct keys sorted, ``[N] int`` each row's
     position among them)."""
@@ -228,16 +233,16 @@ def index_of(keys: list) -> tuple[list, np.ndarray]:
     return distinct, np.array([at[k] for k in keys])
 
 
-def split_half(pooled: dict, queries: list, model: str, splits: int = 500, min_answered: float = 0.70) -> None:
+def split_half(pooled: dict, by_ratio: dict, queries: list, splits: int = 500, min_answered: float = 0.70) -> None:
     """Is the rival ratio's choice fitted to these queries? The default was picked as the largest
     ratio of RIVAL_RATIOS that answers at least ``min_answered`` of the in-map queries. Here it is
     picked so on each of ``splits`` random halves of them (blocks of BLOCK consecutive queries of a
     set, so a sequence frame's near twin is on its side; a query's seeds together), the smallest
     where none does, and both halves are measured: in-map answered, Recall@1 among the answered,
-    removed places answered far off (mean, and p5..p95 for the other half)."""
+    removed places answered far off (mean, and p5..p95 for the other half); ``by_ratio`` as for
+    ``rival_sweep``."""
     assert len(queries) == len(pooled["in map"]) == len(pooled["rem far"])     # one row of each per query and seed
-    ans = {k: np.stack([np.array([verified_confidence(i, r, model, g) for _, _, i, r in pooled[k]]) >= NO_MATCH_BELOW
-                        for g in RIVAL_RATIOS]) for k in ("in map", "rem far")}          # [ratios, rows]
+    ans = {k: np.stack([by_ratio[g][k] for g in RIVAL_RATIOS]) for k in ("in map", "rem far")}    # [ratios, rows]
     right = np.asarray([r[1] for r in pooled["in map"]], bool)
     blocks, which = index_of([(name, qi // BLOCK) for name, qi in queries])
     rng = np.random.default_rng(0)
@@ -259,6 +264,7 @@ def split_half(pooled: dict, queries: list, model: str, splits: int = 500, min_a
         print(f"  {half + ' half':13s} " + ", ".join(
             f"{n} {np.nanmean(rows[:, c]):.3f}" + (f" ({np.nanpercentile(rows[:, c], 5):.3f}..{np.nanpercentile(rows[:, c], 95):.3f})"
                                               if half == "other" else "") for c, n in enumerate(names)))
+
 
 def table(name: str, rows: dict, thresholds=THRESHOLDS) -> None:
     conf = {k: np.asarray([r[0] for r in v]) for k, v in rows.items()}

@@ -12,8 +12,9 @@ share of queries answered (confident match, which is when a position is given), 
 interval of the mean error difference (estimate - top-1; below 0 = the estimator is better),
 how often the error is within 2 sigma_m, and the temporal filter's position (``--filter``) over
 all queries in order, told which were answered as ``localize`` tells it (its error where it gives
-a position, and the share of queries on which it is lost and withholds one). Maps and rankings are cached (``--cache``, under a tag of the default
-settings and answer levels, so a change of either builds afresh), so the closing sweep of the
+a position, and the share of queries on which it is lost and withholds one). Maps and rankings
+are cached (``--cache``, under a tag of the default settings and answer levels, so a change of
+either builds afresh), so the closing sweep of the
 estimator's two settings (agreement radius in map spacings, candidates) over both sets costs no
 engine time.
 """
